@@ -1,0 +1,33 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - installs the project into .venv and runs the demo pipeline (local Prefect, MLflow on SQLite, CPU)
+#   make test   - installs the project into .venv and runs the tests
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch keeps the default install light; for a GPU: make TORCH=torch demo
+TORCH ?= torch==2.13.0
+# Offline, ../shared/data and ../shared/t5-small serve as the data and model mirrors when they exist.
+export ELMREC_MIRROR ?= $(if $(wildcard ../shared/data/.),$(abspath ../shared/data))
+export ELMREC_MODEL_MIRROR ?= $(if $(wildcard ../shared/t5-small/.),$(abspath ../shared))
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= elmrec
+
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet "$(TORCH)"
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/elmrec run --preset demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) work

@@ -1,0 +1,127 @@
+"""Parse a dataset in P5 layout (`sequential.txt` + `datamaps.json`) into a validated `Corpus`.
+
+`sequential.txt` has one line per user, `user item item ...`, chronological, integer IDs from 1.
+`datamaps.json` maps them back: `{"id2user": {"1": reviewerID, ...}, "id2item": {"1": asin, ...}}`.
+Every problem is reported with the file and line it was found on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from elmrec.data import schemas
+
+MIN_HISTORY = 3  # leave-one-out needs at least one training item besides validation and test
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file (and line) at fault."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Chronological histories with dense IDs from 1, and the maps back to the original IDs."""
+
+    histories: pl.DataFrame  # schemas.HISTORIES, sorted by user
+    user_map: pl.DataFrame  # schemas.USER_MAP
+    item_map: pl.DataFrame  # schemas.ITEM_MAP
+
+    @property
+    def n_users(self) -> int:
+        return self.user_map.height
+
+    @property
+    def n_items(self) -> int:
+        return self.item_map.height
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of `path`; an empty or undecodable file is a DataError naming the line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    return text
+
+
+def parse_sequential(path: Path) -> pl.DataFrame:
+    """`sequential.txt` -> frame (line, user, items) with integer IDs; validated line by line."""
+    text = read_text(path)
+    lines = pl.DataFrame({"text": text.splitlines()}).with_row_index("line", offset=1)
+    lines = lines.filter(pl.col("text").str.strip_chars() != "")
+    tokens = lines.with_columns(pl.col("text").str.extract_all(r"\S+").alias("token")).explode("token")
+    tokens = tokens.with_columns(pl.col("token").cast(pl.Int64, strict=False).alias("id"))
+    bad = tokens.filter(pl.col("id").is_null() | (pl.col("id") < 1) | (pl.col("id") > 2**31 - 1)).head(1)
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise DataError(f"{path}:{row['line']}: {row['token']!r} is not a positive integer ID")
+    per_line = tokens.group_by("line", maintain_order=True).agg(pl.col("id").first().alias("user"),
+                                                               pl.col("id").slice(1).alias("items"))
+    short = per_line.filter(pl.col("items").list.len() < MIN_HISTORY).head(1)
+    if short.height:
+        row = short.row(0, named=True)
+        raise DataError(
+            f"{path}:{row['line']}: user {row['user']} has {len(row['items'])} items; "
+            f"leave-one-out needs at least {MIN_HISTORY}"
+        )
+    repeated = per_line.filter(pl.col("user").is_duplicated()).sort("line").head(2)
+    if repeated.height:
+        first, second = repeated.rows(named=True)
+        raise DataError(f"{path}:{second['line']}: user {second['user']} is listed again (first on line {first['line']})")
+    return per_line
+
+
+def parse_datamaps(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`datamaps.json` -> (user_map, item_map) with dense IDs 1..n checked."""
+    text = read_text(path)
+    try:
+        maps = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: malformed JSON ({error.msg})") from error
+    frames = []
+    for key, id_col, name_col, schema in (("id2user", "user", "reviewer_id", schemas.USER_MAP),
+                                          ("id2item", "item", "asin", schemas.ITEM_MAP)):
+        if not isinstance(maps, dict) or not isinstance(maps.get(key), dict):
+            raise DataError(f"{path}: has no {key!r} object")
+        entries = maps[key]
+        try:
+            ids = [int(k) for k in entries]
+        except ValueError as error:
+            raise DataError(f"{path}: {key} has a non-integer key ({error})") from error
+        frame = pl.DataFrame({id_col: ids, name_col: [str(v) for v in entries.values()]}).sort(id_col)
+        if frame[id_col].to_list() != list(range(1, frame.height + 1)):
+            raise DataError(f"{path}: {key} keys must be the dense IDs 1..{frame.height}")
+        frames.append(schemas.conform(frame, schema))
+    return frames[0], frames[1]
+
+
+def load_p5(raw_dir: Path) -> Corpus:
+    """Parse and cross-check `sequential.txt` and `datamaps.json` in `raw_dir`."""
+    seq_path, maps_path = raw_dir / "sequential.txt", raw_dir / "datamaps.json"
+    for path in (seq_path, maps_path):
+        if not path.is_file():
+            raise DataError(f"{path} is missing; run the download stage first (elmrec task download)")
+    per_line = parse_sequential(seq_path)
+    user_map, item_map = parse_datamaps(maps_path)
+    unknown_user = per_line.filter(pl.col("user") > user_map.height).head(1)
+    if unknown_user.height:
+        row = unknown_user.row(0, named=True)
+        raise DataError(f"{seq_path}:{row['line']}: user {row['user']} is not in {maps_path.name} id2user")
+    items = per_line.select("line", "items").explode("items")
+    unknown_item = items.filter(pl.col("items") > item_map.height).head(1)
+    if unknown_item.height:
+        row = unknown_item.row(0, named=True)
+        raise DataError(f"{seq_path}:{row['line']}: item {row['items']} is not in {maps_path.name} id2item")
+    if per_line.height != user_map.height:
+        missing = sorted(set(range(1, user_map.height + 1)) - set(per_line["user"].to_list()))[:5]
+        raise DataError(f"{seq_path}: users {missing} of {maps_path.name} have no line")
+    histories = schemas.conform(per_line.sort("user"), schemas.HISTORIES)
+    return Corpus(histories, user_map, item_map)

@@ -1,0 +1,332 @@
+"""The ELMRec model: a stock T5 whose encoder input gets whole-word ID embeddings and per-task soft prompts.
+
+    encoder input = [ prompts[task] (P, d) | shared(input_ids) + alpha * ww_table[ww_ids] (L, d) ]
+
+Every token of one ID mention shares a whole-word (ww) id; id 0 (text, padding) adds exactly nothing.
+- direct / explanation: ww id = graph node index; ww_table = a node table after L LightGCN layers on the
+  user-item graph, recomputed in every training forward pass so gradients reach the table.
+- sequential: ww id = order of appearance (1, 2, 3, ...); ww_table = a separate incremental table.
+T5 itself is untouched: `forward`/`generate` hand `inputs_embeds` to the stock T5 methods.
+
+Variants (ModelSettings.variant): `pod` = alpha 0, no ww tables (plain T5 + soft prompts); `no_graph` = node
+table without propagation; `no_incremental` = sequential prompts use node ids into the graph table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import huggingface_hub
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+from transformers.modeling_outputs import Seq2SeqLMOutput
+
+from elmrec.config import ModelSettings, Task
+from elmrec.graph import propagate, to_torch_sparse
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+T5_DIR = "t5"  # save_pretrained folder inside a checkpoint
+TABLES_FILE = "elmrec_tables.safetensors"  # node / incremental tables and soft prompts
+META_FILE = "elmrec.json"  # settings and sizes needed to rebuild the module
+FORMAT_VERSION = 1
+WWMode = Literal["node", "order"]
+
+
+# ---------------------------------------------------------------- where T5 and its tokenizer come from
+
+
+def resolve_model_source(settings: ModelSettings) -> tuple[str, bool]:
+    """(location, is_local): `model_name` as an existing folder, else `<mirror>/<model_name>` when that folder
+    exists (mirror = settings.model_mirror or $ELMREC_MODEL_MIRROR), else the hub name."""
+    name = Path(settings.model_name).expanduser()
+    if name.is_dir():
+        return str(name), True
+    mirror = settings.model_mirror or os.environ.get("ELMREC_MODEL_MIRROR")
+    if mirror and (Path(mirror).expanduser() / settings.model_name).is_dir():
+        return str(Path(mirror).expanduser() / settings.model_name), True
+    return settings.model_name, False
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub can be asked at all: not in offline mode and its host accepts a TCP connection.
+    Checked first because an unreachable hub otherwise costs ~30 s of retries per file."""
+    if huggingface_hub.is_offline_mode():
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy decides; let the hub client try
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _where(settings: ModelSettings) -> tuple[str, bool, bool]:
+    """(location, is_local, local_files_only) for the transformers loaders."""
+    source, is_local = resolve_model_source(settings)
+    return source, is_local, is_local or not _hub_reachable()
+
+
+def _missing_hint(settings: ModelSettings, source: str, error: OSError) -> OSError:
+    return OSError(
+        f"cannot load {source!r} for model_name={settings.model_name!r} (hub unreachable and not cached?): {error}. "
+        f"Point model_name at a local folder, or set model_mirror / ELMREC_MODEL_MIRROR to a folder holding "
+        f"{settings.model_name}/ with config.json and spiece.model."
+    )
+
+
+def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
+    """The tokenizer of the resolved model location (same resolution as `load_t5`)."""
+    source, _, local_only = _where(settings)
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except OSError as error:
+        raise _missing_hint(settings, source, error) from error
+
+
+def load_t5(settings: ModelSettings) -> tuple[T5ForConditionalGeneration, bool]:
+    """(model, pretrained). Reduced shape: random init from the base config, never loads weights. Otherwise
+    pretrained weights when present or reachable, else random init with a WARNING."""
+    source, is_local, local_only = _where(settings)
+    try:
+        config = T5Config.from_pretrained(source, local_files_only=local_only)
+    except OSError as error:
+        raise _missing_hint(settings, source, error) from error
+    if settings.reduced is not None:
+        config.update(settings.reduced.model_dump())
+        logger.info("reduced T5 %s from %s: random init, no pretrained weights", settings.reduced.model_dump(), source)
+        return T5ForConditionalGeneration(config), False
+    if is_local and not any((Path(source) / f).is_file() for f in WEIGHT_FILES):
+        reason = f"no weight file ({', '.join(WEIGHT_FILES)}) in {source}"
+    else:
+        try:
+            return T5ForConditionalGeneration.from_pretrained(source, local_files_only=local_only), True
+        except OSError as error:
+            reason = str(error).splitlines()[0]
+    logger.warning("T5 weights unavailable (%s): T5 is RANDOMLY INITIALISED from the config of %s", reason, source)
+    return T5ForConditionalGeneration(config), False
+
+
+# ---------------------------------------------------------------- graph propagation
+
+
+def _propagate(adjacency: torch.Tensor, table: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """`graph.propagate` (LightGCN layer mean) in the table's dtype even under autocast: sparse matmul lacks
+    reduced-precision kernels on some devices.  # (N, d)"""
+    with torch.autocast(device_type=table.device.type, enabled=False):
+        return propagate(adjacency, table, n_layers)
+
+
+def _zero_row0(table: torch.Tensor) -> torch.Tensor:
+    """The table with row 0 replaced by zeros, so ww id 0 adds exactly nothing (and row 0 gets no gradient)."""
+    return torch.cat([table.new_zeros(1, table.shape[1]), table[1:]])
+
+
+def _normal_embedding(rows: int, dim: int, std: float) -> nn.Embedding:
+    table = nn.Embedding(rows, dim, padding_idx=0)
+    with torch.no_grad():
+        table.weight.normal_(0.0, std)
+        table.weight[0].zero_()
+    return table
+
+
+# ---------------------------------------------------------------- the model
+
+
+class ELMRec(nn.Module):
+    """T5 + whole-word (graph-aware / incremental) embeddings + soft prompts. Nodes: 0 padding, users 1..U,
+    items U+1..U+I; `adjacency` is the normalised Â of shape (U+I+1, U+I+1), needed when the graph propagates."""
+
+    def __init__(
+        self,
+        t5: T5ForConditionalGeneration,
+        settings: ModelSettings,
+        n_users: int,
+        n_items: int,
+        adjacency: sp.spmatrix | sp.sparray | None,
+        tasks: Sequence[Task],
+    ) -> None:
+        super().__init__()
+        self.t5 = t5
+        self.settings = settings
+        self.n_users, self.n_items = n_users, n_items
+        self.n_nodes = n_users + n_items + 1
+        self.tasks = tuple(dict.fromkeys(Task(t) for t in tasks))
+        if not self.tasks:
+            raise ValueError("ELMRec needs at least one task")
+        self.alpha = 0.0 if settings.variant == "pod" else float(settings.alpha)
+        d_model = t5.config.d_model
+
+        # Both tables start from N(0, sigma). The paper states it for the node table; for the incremental table
+        # the authors' code keeps nn.Embedding's N(0, 1) — we use sigma too so alpha scales both alike.
+        modes = {self.ww_mode(t) for t in self.tasks} if settings.variant != "pod" else set()
+        self.node_table = _normal_embedding(self.n_nodes, d_model, settings.sigma) if "node" in modes else None
+        self.incremental_table = (
+            _normal_embedding(settings.incremental_size, d_model, settings.sigma) if "order" in modes else None
+        )
+        self.propagates = self.node_table is not None and settings.variant != "no_graph" and settings.n_layers > 0
+        if self.propagates:
+            if adjacency is None:
+                raise ValueError(f"variant {settings.variant!r} propagates over the graph: pass the adjacency")
+            if tuple(adjacency.shape) != (self.n_nodes, self.n_nodes):
+                raise ValueError(f"adjacency shape {adjacency.shape} != (U+I+1, U+I+1) = {(self.n_nodes,) * 2}")
+        sparse = to_torch_sparse(adjacency) if self.propagates else None
+        self.register_buffer("adjacency", sparse, persistent=False)  # data, not a parameter; not saved
+        # POD soft prompts: prompt_num vectors per task, N(0, 1) like the authors' nn.Embedding.
+        self.prompts = nn.ParameterDict(
+            {t.value: nn.Parameter(torch.randn(settings.prompt_num, d_model)) for t in self.tasks}
+            if settings.prompt_num
+            else {}
+        )
+        self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None  # eval-mode propagated table
+
+    def ww_mode(self, task: Task) -> WWMode:
+        """Which ww id scheme prompts of `task` use: graph node indices or order of appearance."""
+        if Task(task) is Task.SEQUENTIAL and self.settings.variant != "no_incremental":
+            return "order"
+        return "node"
+
+    def node_embeddings(self) -> torch.Tensor:
+        """The graph-aware ww table (N, d), row 0 zero. Recomputed when training or when grads are on;
+        cached otherwise (eval + no_grad), until the node table changes or moves."""
+        if self.node_table is None:
+            raise ValueError(f"no node table: variant {self.settings.variant!r} with tasks {self.tasks}")
+        weight = self.node_table.weight
+        if not self.propagates:
+            return _zero_row0(weight)
+        if self.training or torch.is_grad_enabled():
+            return _zero_row0(_propagate(self.adjacency, weight, self.settings.n_layers))
+        # Tensor._version counts in-place updates (optimizer steps, load_state_dict): a changed table misses.
+        key = (weight._version, weight.data_ptr(), weight.device, weight.dtype, self.adjacency.device)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, _zero_row0(_propagate(self.adjacency, weight, self.settings.n_layers)))
+        return self._cache[1]
+
+    def ww_table(self, task: Task) -> torch.Tensor:
+        """The ww table (rows, d) prompts of `task` index; row 0 is zero."""
+        if self.ww_mode(task) == "node":
+            return self.node_embeddings()
+        if self.incremental_table is None:
+            raise ValueError(f"no incremental table: task {Task(task).value!r} not among {self.tasks}")
+        return _zero_row0(self.incremental_table.weight)
+
+    def encoder_inputs(
+        self, input_ids: torch.Tensor, ww_ids: torch.Tensor, attention_mask: torch.Tensor, task: Task
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs_embeds (B, P+L, d), attention_mask (B, P+L)) for the T5 encoder."""
+        task = Task(task)
+        if task not in self.tasks:
+            raise ValueError(f"task {task.value!r} not among the model's tasks {[t.value for t in self.tasks]}")
+        if ww_ids.shape != input_ids.shape:
+            raise ValueError(f"ww_ids shape {tuple(ww_ids.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        embeds = self.t5.get_input_embeddings()(input_ids)  # (B, L, d)
+        if self.alpha != 0.0:
+            table = self.ww_table(task)  # (rows, d)
+            if ww_ids.numel() and (int(ww_ids.min()) < 0 or int(ww_ids.max()) >= table.shape[0]):
+                raise ValueError(f"{self.ww_mode(task)} ww ids must lie in [0, {table.shape[0]})")
+            embeds = embeds + self.alpha * F.embedding(ww_ids, table).to(embeds.dtype)  # (B, L, d)
+        n_prompts = self.settings.prompt_num
+        if n_prompts:
+            batch = input_ids.shape[0]
+            prompts = self.prompts[task.value].to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, P, d)
+            embeds = torch.cat([prompts, embeds], dim=1)  # (B, P+L, d)
+            attention_mask = torch.cat([attention_mask.new_ones(batch, n_prompts), attention_mask], dim=1)
+        return embeds, attention_mask
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        ww_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        task: Task,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Seq2SeqLMOutput:
+        """Stock T5 forward on the ELMRec encoder inputs; `kwargs` go to T5 (decoder_input_ids, ...)."""
+        embeds, mask = self.encoder_inputs(input_ids, ww_ids, attention_mask, task)
+        return self.t5(inputs_embeds=embeds, attention_mask=mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self, input_ids: torch.Tensor, ww_ids: torch.Tensor, attention_mask: torch.Tensor, task: Task, **kwargs: Any
+    ) -> torch.LongTensor:
+        """Decoder token ids from stock `T5.generate` (beam search etc. through `kwargs`)."""
+        embeds, mask = self.encoder_inputs(input_ids, ww_ids, attention_mask, task)
+        return self.t5.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save(self, directory: Path) -> None:
+        """`directory/` = t5/ (save_pretrained, safetensors) + elmrec_tables.safetensors + elmrec.json.
+        Written to a sibling temp folder first and renamed into place, so a crash leaves the old checkpoint."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            self.t5.save_pretrained(staging / T5_DIR)
+            tables = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("t5.")}
+            save_file(tables, str(staging / TABLES_FILE))
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "settings": self.settings.model_dump(mode="json"),
+                "n_users": self.n_users,
+                "n_items": self.n_items,
+                "tasks": [t.value for t in self.tasks],
+            }
+            (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            os.chmod(staging, 0o755)
+            _replace_directory(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # only left when something failed
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        adjacency: sp.spmatrix | sp.sparray | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> ELMRec:
+        """A model saved by `save`, in eval mode on `map_location`. Pass the same adjacency when it propagates."""
+        directory = Path(directory)
+        meta = json.loads((directory / META_FILE).read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: checkpoint format {meta.get('format_version')} != {FORMAT_VERSION}")
+        settings = ModelSettings.model_validate(meta["settings"])
+        t5 = T5ForConditionalGeneration.from_pretrained(directory / T5_DIR, local_files_only=True)
+        model = cls(t5, settings, meta["n_users"], meta["n_items"], adjacency, [Task(t) for t in meta["tasks"]])
+        result = model.load_state_dict(load_file(str(directory / TABLES_FILE)), strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("t5.")]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"{directory}: tables do not match the model (missing {missing}, "
+                             f"unexpected {result.unexpected_keys})")
+        return model.to(map_location).eval()
+
+
+def _replace_directory(staging: Path, directory: Path) -> None:
+    """Rename `staging` to `directory`, replacing an existing one (moved aside, then removed)."""
+    if not directory.exists():
+        os.replace(staging, directory)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+    os.replace(directory, old)  # onto an empty folder: allowed
+    os.replace(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,167 @@
+"""Every artifact path, derived from one work dir and the settings that change the artifact.
+
+Layout (one folder per dataset; derived data keyed by the settings that shape it, so runs with other
+settings never overwrite each other):
+
+    <workdir>/
+      mlflow.db                               MLflow store (default)
+      <dataset>/
+        raw/                                  download: sequential.txt + datamaps.json, or reviews_*.json.gz
+        <id_scheme>-seed<seed>[-u<max_users>]/
+          data/                               preprocess: Parquet tables + stats.json
+          graph-<edges>/                      graph: adjacency.npz + stats.json
+          runs/<run_name>/                    train: checkpoint/ ; evaluate: <split>/metrics.json, predictions
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from elmrec.config import Settings
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """The preprocess stage's outputs (fixed schemas: see elmrec.data.schemas)."""
+
+    root: Path
+
+    @property
+    def interactions(self) -> Path:
+        return self.root / "interactions.parquet"
+
+    @property
+    def histories(self) -> Path:
+        return self.root / "histories.parquet"
+
+    @property
+    def candidates(self) -> Path:
+        return self.root / "candidates.parquet"
+
+    @property
+    def user_map(self) -> Path:
+        return self.root / "user_map.parquet"
+
+    @property
+    def item_map(self) -> Path:
+        return self.root / "item_map.parquet"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    def all(self) -> list[Path]:
+        return [self.interactions, self.histories, self.candidates, self.user_map, self.item_map, self.stats]
+
+
+@dataclass(frozen=True)
+class GraphPaths:
+    root: Path
+
+    @property
+    def adjacency(self) -> Path:
+        return self.root / "adjacency.npz"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    def all(self) -> list[Path]:
+        return [self.adjacency, self.stats]
+
+
+@dataclass(frozen=True)
+class WorkPaths:
+    workdir: Path
+    dataset: str
+    variant_key: str  # id scheme, seed and subset: the settings that shape preprocessed data
+    graph_edges: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkPaths:
+        data = settings.data
+        key = f"{data.id_scheme}-seed{settings.seed}" + (f"-u{data.max_users}" if data.max_users else "")
+        return cls(settings.workdir, data.dataset, key, data.graph_edges)
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.workdir / self.dataset
+
+    @property
+    def raw(self) -> Path:
+        return self.dataset_dir / "raw"
+
+    @property
+    def derived(self) -> Path:
+        return self.dataset_dir / self.variant_key
+
+    @property
+    def data(self) -> DataPaths:
+        return DataPaths(self.derived / "data")
+
+    @property
+    def graph(self) -> GraphPaths:
+        return GraphPaths(self.derived / f"graph-{self.graph_edges}")
+
+    def run_dir(self, run_name: str) -> Path:
+        return self.derived / "runs" / run_name
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    Readers never see a half-written file, and a failure leaves no partial output behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success it replaces `target` whole.
+
+    A stage writes all its files there, so a failure never leaves a mix of old and new outputs.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def missing_upstream(paths: WorkPaths, stage: str) -> tuple[Path, str] | None:
+    """The first input file `stage` needs that is absent, with the stage that writes it; None if all exist."""
+    needs: dict[str, list[tuple[Path, str]]] = {
+        "download": [],
+        "preprocess": [(paths.raw, "download")],
+        "graph": [(p, "preprocess") for p in paths.data.all()],
+    }
+    needs["train"] = needs["graph"] + [(p, "graph") for p in paths.graph.all()]
+    needs["evaluate"] = needs["train"]
+    for path, producer in needs.get(stage, []):
+        if not path.exists():
+            return path, producer
+    return None

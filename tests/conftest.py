@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny synthetic datasets written in P5 layout, and the real data mirror (../shared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA_MIRROR = SHARED / "data"
+T5_SMALL = SHARED / "t5-small"
+
+
+def write_p5(folder: Path, histories: dict[int, list[int]], n_items: int | None = None) -> Path:
+    """Write sequential.txt + datamaps.json for {user: items}; reviewer IDs U<n>, ASINs A<n>."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [" ".join(str(x) for x in [user, *items]) for user, items in histories.items()]
+    (folder / "sequential.txt").write_text("\n".join(lines) + "\n")
+    n_items = n_items or max(max(items) for items in histories.values())
+    maps = {"id2user": {str(u): f"U{u}" for u in sorted(histories)},
+            "id2item": {str(i): f"A{i}" for i in range(1, n_items + 1)}}
+    (folder / "datamaps.json").write_text(json.dumps(maps))
+    return folder
+
+
+@pytest.fixture
+def tiny_histories() -> dict[int, list[int]]:
+    """4 users over 8 items; user 4 has the shortest usable history (3 items)."""
+    return {1: [1, 2, 3, 4, 5], 2: [2, 6, 7, 1], 3: [8, 3, 2, 6, 4, 1], 4: [5, 7, 8]}
+
+
+@pytest.fixture
+def real_mirror() -> Path:
+    if not (DATA_MIRROR / "beauty" / "sequential.txt").is_file():
+        pytest.skip(f"real data mirror not found at {DATA_MIRROR}")
+    return DATA_MIRROR

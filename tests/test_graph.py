@@ -1,0 +1,88 @@
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from elmrec.config import DataSettings
+from elmrec.data.preprocess import preprocess
+from elmrec.graph import bipartite_adjacency, build_graph, load_adjacency, normalize, propagate, to_torch_sparse
+from elmrec.paths import DataPaths, GraphPaths
+from tests.conftest import write_p5
+
+# 2 users, 3 items: user 1 - items 1, 2; user 2 - item 2. Item 3 is isolated. Nodes: 0 pad, 1-2 users, 3-5 items.
+USERS, ITEMS = np.array([1, 1, 2, 1]), np.array([1, 2, 2, 1])  # the repeated (1, 1) pair counts once
+
+
+def test_adjacency_is_symmetric_binary_bipartite() -> None:
+    dense = bipartite_adjacency(USERS, ITEMS, n_users=2, n_items=3).toarray()
+    expected = np.zeros((6, 6), dtype=np.float32)
+    for u, i in [(1, 1), (1, 2), (2, 2)]:
+        expected[u, 2 + i] = expected[2 + i, u] = 1
+    np.testing.assert_array_equal(dense, expected)
+
+
+def test_normalization_matches_dense_reference_and_keeps_isolated_nodes_zero() -> None:
+    adjacency = bipartite_adjacency(USERS, ITEMS, n_users=2, n_items=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero warnings for the isolated nodes 0 and 5
+        normalized = normalize(adjacency).toarray()
+    dense = adjacency.toarray().astype(np.float64)
+    degree = dense.sum(axis=1)
+    reference = np.zeros_like(dense)
+    nz = degree > 0
+    reference[np.ix_(nz, nz)] = dense[np.ix_(nz, nz)] / np.sqrt(np.outer(degree[nz], degree[nz]))
+    np.testing.assert_allclose(normalized, reference, rtol=1e-6)
+    assert normalized[1, 4] == pytest.approx(1 / np.sqrt(2 * 2))  # user 1 (deg 2) - item 2 (deg 2)
+    assert not normalized[0].any() and not normalized[5].any()
+
+
+def test_propagation_against_hand_computation_numpy_and_torch() -> None:
+    # path graph user1 - item1: Â = [[0,1],[1,0]] on nodes (1, 3); features e1=[1,0], e3=[0,2]
+    normalized = normalize(bipartite_adjacency(np.array([1]), np.array([1]), n_users=1, n_items=1))  # nodes 0,1,2
+    features = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
+    # L=2: E0 = f; E1 = swap(f); E2 = f -> mean = (2f + swap(f)) / 3
+    expected = np.array([[0, 0], [2 / 3, 2 / 3], [1 / 3, 4 / 3]], dtype=np.float32)
+    np.testing.assert_allclose(propagate(normalized, features, 2), expected, rtol=1e-6)
+    torch_result = propagate(to_torch_sparse(normalized), torch.from_numpy(features), 2)
+    np.testing.assert_allclose(torch_result.numpy(), expected, rtol=1e-6)
+    np.testing.assert_array_equal(propagate(normalized, features, 0), features)
+
+
+def test_torch_propagation_is_differentiable() -> None:
+    normalized = to_torch_sparse(normalize(bipartite_adjacency(USERS, ITEMS, 2, 3)))
+    table = torch.randn(6, 4, requires_grad=True)
+    propagate(normalized, table, 3)[1].sum().backward()  # user 1 only
+    grads = table.grad.abs().sum(dim=1)
+    assert grads[[1, 2, 3, 4]].gt(0).all() and grads[[0, 5]].eq(0).all()  # reached its component, not beyond
+
+
+def _preprocessed(tmp_path: Path, tiny_histories) -> DataPaths:
+    raw = write_p5(tmp_path / "raw", tiny_histories, n_items=120)
+    data = DataPaths(tmp_path / "data")
+    preprocess(DataSettings(dataset="tiny", source="local"), 1, raw, data)
+    return data
+
+
+def test_graph_stage_holds_training_edges_only_by_default(tmp_path: Path, tiny_histories) -> None:
+    data = _preprocessed(tmp_path, tiny_histories)
+    stats = build_graph(data, GraphPaths(tmp_path / "graph"), "train")
+    assert stats["n_nodes"] == 4 + 120 + 1 and stats["n_edges"] == 10
+    adjacency = load_adjacency(GraphPaths(tmp_path / "graph"))
+    user4_items = adjacency[4].indices - 4  # user 4's history 5, 7, 8: only item 5 is a training edge
+    assert user4_items.tolist() == [5]
+    assert json.loads((tmp_path / "graph" / "stats.json").read_text())["n_edges"] == 10
+
+
+def test_all_edges_leak_is_loud(tmp_path: Path, tiny_histories, caplog: pytest.LogCaptureFixture) -> None:
+    data = _preprocessed(tmp_path, tiny_histories)
+    stats = build_graph(data, GraphPaths(tmp_path / "graph-all"), "all")
+    assert stats["n_edges"] == 18  # every interaction of the 4 users, validation and test included
+    assert "leaks evaluation data" in caplog.text
+
+
+def test_graph_needs_preprocess_first(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run the preprocess stage first"):
+        build_graph(DataPaths(tmp_path / "nothing"), GraphPaths(tmp_path / "g"))

@@ -10,11 +10,15 @@ settings never overwrite each other):
         <id_scheme>-seed<seed>[-u<max_users>]/
           data/                               preprocess: Parquet tables + stats.json
           graph-<edges>/                      graph: adjacency.npz + stats.json
-          runs/<run_name>/                    train: checkpoint/ ; evaluate: <split>/metrics.json, predictions
+          runs-<edges>/<variant>-<hash>/      train: checkpoint/, last/, history.json
+            eval-<hash>/<split>/              evaluate: metrics.json, predictions_<task>.parquet
+          baselines/<split>/                  evaluate: popularity and random baselines
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from elmrec.config import Settings
 
@@ -76,6 +82,43 @@ class GraphPaths:
         return [self.adjacency, self.stats]
 
 
+def digest(values: object, length: int = 8) -> str:
+    """A short stable hash of JSON-able values (settings), for folder names and cache keys."""
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def run_key(settings: Settings) -> str:
+    """`<variant>-<hash of model and training settings>`: two configurations never share a folder."""
+    shaping = {"model": settings.model.model_dump(mode="json", exclude={"model_mirror"}),
+               "train": settings.train.model_dump(mode="json")}
+    return f"{settings.model.variant}-{digest(shaping)}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The train stage's outputs, and the evaluate stage's below them."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint"  # the best model by validation loss (save_pretrained + tables)
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last"  # the latest epoch's model, optimizer and RNG state, for --resume
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.json"  # per-epoch train/valid loss and throughput
+
+    def evaluation(self, eval_settings: BaseModel, split: str) -> Path:
+        """metrics.json + predictions_<task>.parquet for one split under one set of decoding settings."""
+        shaping = eval_settings.model_dump(mode="json", exclude={"split", "batch_size"})
+        return self.root / f"eval-{digest(shaping)}" / split
+
+
 @dataclass(frozen=True)
 class WorkPaths:
     workdir: Path
@@ -109,8 +152,12 @@ class WorkPaths:
     def graph(self) -> GraphPaths:
         return GraphPaths(self.derived / f"graph-{self.graph_edges}")
 
-    def run_dir(self, run_name: str) -> Path:
-        return self.derived / "runs" / run_name
+    def run(self, settings: Settings) -> RunPaths:
+        """The training run for these model + training settings (one folder per distinct configuration)."""
+        return RunPaths(self.derived / f"runs-{self.graph_edges}" / run_key(settings))
+
+    def baselines(self, split: str) -> Path:
+        return self.derived / "baselines" / split
 
 
 @contextmanager

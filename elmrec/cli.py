@@ -2,6 +2,8 @@
 
     elmrec run  [--preset demo] [--dataset beauty] [--mirror DIR] ...   the whole flow, no server needed
     elmrec task preprocess [same options]                                one stage on the work dir's outputs
+    elmrec run --stages evaluate --set eval.sequential_beams=50          rerun one stage with other settings
+    elmrec serve | stop | ui      a local Prefect server + worker for `prefect deployment run`; the MLflow UI
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from elmrec.config import PRESETS, Stage, deep_merge, settings_for
-from elmrec.paths import WorkPaths, missing_upstream
+from elmrec import serve
+from elmrec.config import PRESETS, VARIANTS, Stage, deep_merge, settings_for
+from elmrec.stages import missing_upstream
 
 EPILOG = """\
 examples:
@@ -76,24 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the whole pipeline locally (a temporary Prefect server is enough)")
     add_settings_options(run)
     run.add_argument("--stages", nargs="+", choices=[s.value for s in Stage], help="run only these stages")
+    run.add_argument("--force", nargs="+", choices=[s.value for s in Stage], default=[],
+                     help="rerun these stages even if their inputs, settings and code are unchanged")
+    run.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="models to train and evaluate")
     one = commands.add_parser("task", help="run one stage alone on the outputs already in the work dir")
     one.add_argument("stage", choices=[s.value for s in Stage])
     add_settings_options(one)
+    one.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="models to train and evaluate")
+    one.add_argument("--cached", action="store_true", help="skip the stage if its inputs and settings are unchanged")
+    serve.add_commands(commands)  # serve | stop | ui: local Prefect server + worker, MLflow UI
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in serve.COMMANDS:
+        return serve.run_command(args)
     overrides = overrides_from(args)
     try:
         settings = settings_for(args.preset, overrides)
     except ValidationError as error:
         print(f"elmrec: invalid settings:\n{error}", file=sys.stderr)
         return 2
-    stages = [Stage(args.stage)] if args.command == "task" else [Stage(s) for s in args.stages or []] or None
     if args.command == "task":
-        missing = missing_upstream(WorkPaths.from_settings(settings), args.stage)
+        stages, force = [Stage(args.stage)], [] if args.cached else [Stage(args.stage)]
+    else:
+        stages, force = [Stage(s) for s in args.stages or []] or None, [Stage(s) for s in args.force]
+    if args.command == "task":
+        missing = missing_upstream(settings, args.stage)
         if missing:
             path, producer = missing
             print(f"elmrec: {path} is missing; run `elmrec task {producer}` first (same options)", file=sys.stderr)
@@ -102,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.elmrec import elmrec  # Prefect is imported only when a flow actually runs
 
-    elmrec(preset=args.preset, overrides=overrides, stages=stages)
+    elmrec(preset=args.preset, overrides=overrides, variants=args.variants, stages=stages, force=force)
     return 0
 
 

@@ -168,6 +168,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+Preset = Literal["paper", "mini", "demo"]  # the keys of PRESETS, as a type Prefect can validate
+
+# Named model/decoding variants, each a set of overrides on the run's settings (for ablations and `full`).
+# Variants that differ only in decoding share one trained checkpoint (its folder hashes model + train only).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "elmrec": {},
+    "pod": {"model": {"variant": "pod"}},  # alpha = 0: T5 + soft prompts, no whole-word embeddings
+    "no_graph": {"model": {"variant": "no_graph"}},  # whole-word table without LightGCN propagation
+    "no_incremental": {"model": {"variant": "no_incremental"}},  # sequential prompts use graph ww ids
+    "paper_decoding": {"eval": {"direct_mode": "beam", "sequential_mode": "rerank"}},  # the paper's decoders
+    "direct_tuned": {},  # paper Table 9 hyper-parameters tuned for direct recommendation (see variant_settings)
+    "sequential_tuned": {},  # ... and for sequential recommendation
+}
+Variant = Literal["elmrec", "pod", "no_graph", "no_incremental", "paper_decoding", "direct_tuned", "sequential_tuned"]
+
+
+def variant_settings(base: Settings, name: str) -> Settings:
+    """`base` with the overrides of variant `name` (the *_tuned variants take the paper's per-dataset values)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+    overrides = VARIANTS[name]
+    if name.endswith("_tuned"):
+        overrides = paper_overrides(base.data.dataset, Task(name.removesuffix("_tuned")))
+    return Settings.model_validate(deep_merge(base.model_dump(mode="json"), overrides))
+
+
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A new dict: `overrides` merged into `base`, nested dictionaries merged key by key."""
     merged = copy.deepcopy(base)

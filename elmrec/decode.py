@@ -2,8 +2,10 @@
 
 Direct recommendation (rank the user's 100 stored candidates):
 - `score` (default): exact ranking by sequence log-likelihood sum_t log p(y_t | y_<t, prompt) of each candidate's
-  target tokens (EOS included). The encoder runs once per user; all candidates go through one teacher-forced
-  decoder pass. No invalid outputs by construction. Ties keep the stored candidate order.
+  target tokens (EOS included). The encoder runs once per user; all of a user's candidates go through one
+  teacher-forced decoder sequence holding their prefix tree (each node attends to its ancestors), so the prompt's
+  cross-attention keys/values are computed once per user and shared prefixes once. No invalid outputs by
+  construction. Ties keep the stored candidate order.
 - `beam` (the paper): beam search; an output that does not parse to one of the user's candidates is invalid,
   counted, and left as a miss (-1) in its slot. It is never replaced by a random item. A repeated item keeps its
   first slot; its later copies become -1 without counting as invalid.
@@ -17,13 +19,14 @@ search uses length_penalty 1.0 (the transformers default) in the paper modes and
 Inputs arrive tokenized (`DecodeInputs`); the only tokenization here is the one-off build of the item trie.
 Scores of generated outputs are their teacher-forced summed log-likelihoods too, so every mode reports the same
 quantity. The model follows the `ELMRec` interface: `.t5`, `.encoder_inputs(...)`, `.generate(...)`.
+The item trie and its logits processor live in `elmrec.trie` (re-exported here).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -35,11 +38,19 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from elmrec.config import EvalSettings, Task
 from elmrec.metrics import INVALID, DecodeResult, score_order
+from elmrec.trie import (
+    IGNORE,
+    ItemTrie,
+    ItemTrieLogitsProcessor,
+    PrefixTree,
+    parse_item_text,
+)
+
+__all__ = ["DecodeInputs", "ItemTrie", "ItemTrieLogitsProcessor", "parse_item_text", "rank_direct", "rank_sequential"]
 
 logger = logging.getLogger(__name__)
 
-IGNORE = -100  # label padding, as in transformers
-CHUNK_ROWS = 512  # decoder rows per teacher-forced pass: bounds the (rows, T, vocab) logits in memory
+CHUNK_TOKENS = 2048  # prefix-tree nodes per teacher-forced pass: bounds the (B, nodes, vocab) logits
 CONSTRAINED_LENGTH_PENALTY = 0.0  # rank constrained beams by summed log-likelihood, like `score` mode
 PAPER_LENGTH_PENALTY = 1.0  # the transformers default the paper's beam search ran with
 Step = tuple[list[list[int]], list[list[float]], int, int]  # one batch: per-user items, scores, n_invalid, n_outputs
@@ -76,145 +87,6 @@ class DecodeInputs:
             )
 
 
-def parse_item_text(text: str, n_items: int) -> int | None:
-    """The item ID a generated string names ("8668" -> 8668), or None unless it is a canonical ID in 1..n_items."""
-    s = text.strip()
-    if not (s.isascii() and s.isdigit()) or s != str(int(s)) or not 1 <= int(s) <= n_items:
-        return None
-    return int(s)
-
-
-class ItemTrie:
-    """Prefix tree over the target token sequences (EOS included) of items 1..I; node 0 is the root.
-
-    `blocked_nodes(history)` marks the nodes whose whole subtree is history items, so constrained decoding only
-    follows prefixes that still lead to an item the user has not seen.
-    """
-
-    ROOT = 0
-
-    def __init__(self, sequences: Sequence[Sequence[int]], tokenizer: Any = None, pad_token_id: int = 0,
-                 eos_token_id: int = 1) -> None:
-        """`sequences[i - 1]` are the target tokens of item i, each ending in EOS."""
-        self.tokenizer, self.pad_token_id, self.eos_token_id = tokenizer, pad_token_id, eos_token_id
-        self.n_items = len(sequences)
-        self._children: list[dict[int, int]] = [{}]
-        self._parent: list[int] = [-1]
-        self._n_below: list[int] = [0]  # items in each node's subtree
-        self._paths: list[list[int]] = [[]]  # item -> its nodes below the root (index 0 unused)
-        self._item_at: dict[int, int] = {}  # leaf node -> item
-        for item, seq in enumerate(sequences, start=1):
-            seq = [int(t) for t in seq]
-            if not seq or seq[-1] != eos_token_id or eos_token_id in seq[:-1]:
-                raise ValueError(f"item {item}: target tokens {seq} must end with (only one) EOS {eos_token_id}")
-            node, path = self.ROOT, []
-            for tok in seq:
-                child = self._children[node].get(tok)
-                if child is None:
-                    child = len(self._children)
-                    self._children[node][tok] = child
-                    self._children.append({})
-                    self._parent.append(node)
-                    self._n_below.append(0)
-                node = child
-                path.append(node)
-            if node in self._item_at:
-                raise ValueError(f"items {self._item_at[node]} and {item} share the target tokens {seq}")
-            self._item_at[node] = item
-            self._paths.append(path)
-            for n in [self.ROOT, *path]:
-                self._n_below[n] += 1
-        self.max_len = max((len(s) for s in sequences), default=1)
-        self._labels = torch.full((self.n_items + 1, self.max_len), IGNORE, dtype=torch.long)  # (I+1, T)
-        for item, seq in enumerate(sequences, start=1):
-            self._labels[item, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-        logger.info("item trie: %d items, %d nodes, depth %d", self.n_items, len(self._children), self.max_len)
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer: Any, n_items: int) -> ItemTrie:
-        """Tokenize the target strings "1".."n_items" in one batch call (EOS appended by the tokenizer)."""
-        sequences = tokenizer([str(i) for i in range(1, n_items + 1)]).input_ids
-        return cls(sequences, tokenizer, tokenizer.pad_token_id, tokenizer.eos_token_id)
-
-    def labels(self, items: torch.Tensor) -> torch.Tensor:
-        """(N, T) target tokens of `items` (N,), padded with -100."""
-        return self._labels[items]
-
-    def node_of(self, prefix: Sequence[int]) -> int | None:
-        """The node a token prefix (decoder start token excluded) leads to; None if it leaves the trie."""
-        node: int | None = self.ROOT
-        for tok in prefix:
-            node = self._children[node].get(int(tok))
-            if node is None:
-                return None
-        return node
-
-    def item_of(self, tokens: Sequence[int]) -> int | None:
-        """The item whose exact target tokens (up to the first EOS) open `tokens`, else None."""
-        tokens = [int(t) for t in tokens]
-        if self.eos_token_id not in tokens:
-            return None
-        node = self.node_of(tokens[: tokens.index(self.eos_token_id) + 1])
-        return None if node is None else self._item_at.get(node)
-
-    def blocked_nodes(self, excluded_items: Iterable[int]) -> frozenset[int]:
-        """Nodes all of whose items are in `excluded_items` (found from the excluded items' paths only)."""
-        hits: dict[int, int] = {}
-        for item in {int(i) for i in excluded_items if 1 <= int(i) <= self.n_items}:
-            for node in [self.ROOT, *self._paths[item]]:
-                hits[node] = hits.get(node, 0) + 1
-        return frozenset(n for n, c in hits.items() if c == self._n_below[n])
-
-    def allowed_tokens(self, prefix: Sequence[int], blocked: frozenset[int] = frozenset()) -> list[int]:
-        """Next tokens that keep `prefix` on the way to an unblocked item; [pad] once finished or off the trie."""
-        node = self.node_of(prefix)
-        if node is None or not self._children[node]:
-            return [self.pad_token_id]
-        allowed = [t for t, child in self._children[node].items() if child not in blocked]
-        return allowed or [self.pad_token_id]
-
-    def parse(self, sequences: torch.Tensor) -> list[int | None]:
-        """Items named by generated sequences (B, T) (decoder start first): decoded text if a tokenizer is known."""
-        if self.tokenizer is None:
-            return [self.item_of(row[1:]) for row in sequences.tolist()]
-        texts = self.tokenizer.batch_decode(sequences.tolist(), skip_special_tokens=True)
-        return [parse_item_text(t, self.n_items) for t in texts]
-
-
-class ItemTrieLogitsProcessor(LogitsProcessor):
-    """Masks every token that does not lead to a valid item outside the user's exclusion list (rows = B * beams)."""
-
-    def __init__(self, trie: ItemTrie, excluded: Sequence[Iterable[int]], num_beams: int) -> None:
-        self.trie, self.num_beams = trie, num_beams
-        self.blocked = [trie.blocked_nodes(e) for e in excluded]
-        if any(ItemTrie.ROOT in b for b in self.blocked):
-            raise ValueError("a user's exclusion list covers the whole catalogue; nothing can be recommended")
-        self._touched = [{trie._parent[n] for n in b} for b in self.blocked]  # nodes with a blocked child
-        self._shared: dict[int, torch.Tensor] = {}  # node -> allowed tokens when nothing below is blocked
-        self._own: dict[tuple[int, int], torch.Tensor] = {}  # (user, node) -> allowed tokens otherwise
-
-    def _allowed(self, user: int, prefix: list[int]) -> torch.Tensor:
-        node = self.trie.node_of(prefix)
-        if node is not None and node not in self._touched[user]:
-            if node not in self._shared:
-                self._shared[node] = torch.tensor(self.trie.allowed_tokens(prefix))
-            return self._shared[node]
-        key = (user, -1 if node is None else node)
-        if key not in self._own:
-            self._own[key] = torch.tensor(self.trie.allowed_tokens(prefix, self.blocked[user]))
-        return self._own[key]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        groups: dict[int, tuple[torch.Tensor, list[int]]] = {}  # rows sharing one allowed-token tensor
-        for r, prefix in enumerate(input_ids[:, 1:].tolist()):  # drop the decoder start token
-            toks = self._allowed(r // self.num_beams, prefix)
-            groups.setdefault(id(toks), (toks, []))[1].append(r)
-        banned = torch.ones_like(scores, dtype=torch.bool)  # (B*beams, V)
-        for toks, rows in groups.values():
-            banned[torch.tensor(rows, device=scores.device)[:, None], toks.to(scores.device)[None, :]] = False
-        return scores.masked_fill_(banned, -math.inf)
-
-
 # ---- model passes -------------------------------------------------------------------------------------------
 
 
@@ -226,29 +98,73 @@ def _encode(model: Any, batch: DecodeInputs, task: Task) -> tuple[torch.Tensor, 
 
 
 def _log_likelihood(model: Any, hidden: torch.Tensor, mask: torch.Tensor, row_user: torch.Tensor,
-                    labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
-    """(N,) sum_t log p(labels_t | labels_<t, prompt of user row_user[n]) over non-padding (-100) labels."""
-    chunk_rows = chunk_rows or CHUNK_ROWS
-    out = []
-    for start in range(0, len(labels), chunk_rows):
-        lab = labels[start : start + chunk_rows]  # (n, T)
-        users = row_user[start : start + chunk_rows]
-        logits = model.t5(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden[users]),  # (n, S, d): states repeated per row
-            attention_mask=mask[users],
-            decoder_input_ids=model.t5.prepare_decoder_input_ids_from_labels(labels=lab),
-            use_cache=False,
-        ).logits  # (n, T, V)
-        logp = logits.float().log_softmax(-1).gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (n, T)
-        out.append((logp * (lab != IGNORE)).sum(-1))
-    return torch.cat(out) if out else labels.new_zeros(0, dtype=torch.float)
+                    labels: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
+    """(N,) sum_t log p(labels_t | labels_<t, prompt of user row_user[n]) over the non-padding labels.
+
+    labels: (N, T), real tokens first, -100 after; row_user: (N,) non-decreasing. All rows of one user are
+    teacher-forced in ONE decoder sequence: the nodes of their prefix tree (a shared prefix such as the start
+    token or `▁` is computed once), each attending to its ancestors only. So the prompt's cross-attention
+    keys/values are projected once per user instead of once per row, and Beauty's 100 candidates need ~165
+    decoder positions instead of ~330. T5's self-attention bias is a function of the distance between positions;
+    the mask adds bias(depth distance) - bias(packed distance), so each row gets exactly its unpacked
+    log-likelihood. Users go through the decoder in chunks of about `chunk_tokens` tree nodes.
+    """
+    if len(row_user) > 1 and bool((row_user[1:] < row_user[:-1]).any()):
+        raise ValueError("rows must be grouped by user (row_user non-decreasing)")
+    budget = chunk_tokens or CHUNK_TOKENS
+    start_id = model.t5.config.decoder_start_token_id
+    rows_of: list[list[list[int]]] = [[] for _ in range(len(hidden))]  # user -> its label rows, real tokens only
+    for user, row in zip(row_user.tolist(), labels.tolist()):
+        rows_of[user].append([t for t in row if t != IGNORE])
+    trees = [PrefixTree.of(rows, start_id) for rows in rows_of]
+    out, first = [], 0
+    while first < len(trees):
+        stop = first + 1  # users [first, stop): at least one, then as many as the budget allows
+        while stop < len(trees) and (stop + 1 - first) * max(t.n_nodes for t in trees[first : stop + 1]) <= budget:
+            stop += 1
+        out.append(_tree_pass(model, hidden[first:stop], mask[first:stop], trees[first:stop]))
+        first = stop
+    logp = torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float)  # (M,) per real label token
+    token_row = torch.arange(len(labels), device=labels.device).repeat_interleave((labels != IGNORE).sum(1))
+    return torch.zeros(len(labels), dtype=torch.float, device=labels.device).index_add_(0, token_row, logp)
+
+
+def _tree_pass(model: Any, hidden: torch.Tensor, mask: torch.Tensor, trees: list[PrefixTree]) -> torch.Tensor:
+    """One decoder pass over the prefix trees of B users: log p of every label token, users and rows in order."""
+    device, n_users = hidden.device, len(trees)
+    width = max(1, *(t.n_nodes for t in trees))
+
+    def padded(nodes: list[list[int]], fill: int) -> torch.Tensor:  # (B, P) one node field, padded
+        return torch.tensor([row + [fill] * (width - len(row)) for row in nodes], device=device)
+
+    node_input = padded([t.node_input for t in trees], 0)  # (B, P)
+    depth = padded([t.node_depth for t in trees], 0)  # (B, P)
+    parent = padded([t.node_parent for t in trees], -1)  # (B, P), -1: the root and padding
+    allowed = torch.eye(width, dtype=torch.bool, device=device).repeat(n_users, 1, 1)  # (B, P, P) self
+    for level in range(1, int(depth.max()) + 1):  # parents come first: their ancestor sets are complete
+        b, i = torch.nonzero((depth == level) & (parent >= 0), as_tuple=True)
+        allowed[b, i] |= allowed[b, parent[b, i]]
+    bias = model.t5.get_decoder().block[0].layer[0].SelfAttention.compute_bias(width, width, device=device)[0]
+    wanted = bias[:, depth[:, :, None], depth[:, None, :]].transpose(0, 1)  # (B, H, P, P) bias(depth_j - depth_i)
+    additive = torch.where(allowed[:, None], wanted - bias, torch.finfo(hidden.dtype).min).to(hidden.dtype)
+    logits = model.t5(
+        encoder_outputs=BaseModelOutput(last_hidden_state=hidden),  # (B, S, d): keys/values once per user
+        attention_mask=mask,
+        decoder_input_ids=node_input,
+        decoder_attention_mask=additive,  # (B, H, P, P): a prepared 4-d mask is added to the scores as given
+        use_cache=False,
+    ).logits.float()  # (B, P, V)
+    user = torch.tensor([u for u, t in enumerate(trees) for _ in t.token_node], dtype=torch.long, device=device)
+    node = torch.tensor([n for t in trees for n in t.token_node], dtype=torch.long, device=device)
+    target = torch.tensor([y for t in trees for y in t.target], dtype=torch.long, device=device)
+    return logits[user, node, target] - logits.logsumexp(-1)[user, node]  # (M,)
 
 
 def _generate(model: Any, batch: DecodeInputs, task: Task, num_beams: int, num_return: int, max_new_tokens: int,
               length_penalty: float, processor: LogitsProcessor | None = None) -> torch.Tensor:
     """(B * num_return, T) beam-search outputs, decoder start token first, best first within each user."""
-    kwargs: dict[str, Any] = dict(num_beams=num_beams, num_return_sequences=num_return, do_sample=False,
-                                  max_new_tokens=max_new_tokens, length_penalty=length_penalty)
+    kwargs: dict[str, Any] = {"num_beams": num_beams, "num_return_sequences": num_return, "do_sample": False,
+                              "max_new_tokens": max_new_tokens, "length_penalty": length_penalty}
     if processor is not None:
         kwargs["logits_processor"] = LogitsProcessorList([processor])
     out = model.generate(input_ids=batch.input_ids, ww_ids=batch.ww_ids, attention_mask=batch.attention_mask,

@@ -12,11 +12,12 @@ settings never overwrite each other):
           graph-<edges>/                      graph: adjacency.npz + stats.json
           runs-<edges>/<variant>-<hash>/      train: checkpoint/, last/, history.json
             eval-<hash>/<split>/              evaluate: metrics.json, predictions_<task>.parquet
-          baselines/<split>/                  evaluate: popularity and random baselines
+          baselines-<hash>/<split>/           evaluate: popularity and random baselines
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -156,8 +157,11 @@ class WorkPaths:
         """The training run for these model + training settings (one folder per distinct configuration)."""
         return RunPaths(self.derived / f"runs-{self.graph_edges}" / run_key(settings))
 
-    def baselines(self, split: str) -> Path:
-        return self.derived / "baselines" / split
+    def baselines(self, settings: Settings) -> Path:
+        """Popularity and random baselines of one split, keyed by the settings that shape their rankings."""
+        shaping = {"top_n": settings.eval.top_n, "max_users": settings.eval.max_users,
+                   "max_history": settings.train.max_history}
+        return self.derived / f"baselines-{digest(shaping)}" / settings.eval.split
 
 
 @contextmanager
@@ -181,34 +185,31 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target`; on success it replaces `target` whole.
 
-    A stage writes all its files there, so a failure never leaves a mix of old and new outputs.
+    A stage writes all its files there, so a failure never leaves a mix of old and new outputs, and a
+    lock on `target` serialises the swap when two runs finish the same stage at once.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
+        with locked(target):
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
+            if target.exists():
+                os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
 
 
-def missing_upstream(paths: WorkPaths, stage: str) -> tuple[Path, str] | None:
-    """The first input file `stage` needs that is absent, with the stage that writes it; None if all exist."""
-    needs: dict[str, list[tuple[Path, str]]] = {
-        "download": [],
-        "preprocess": [(paths.raw, "download")],
-        "graph": [(p, "preprocess") for p in paths.data.all()],
-    }
-    needs["train"] = needs["graph"] + [(p, "graph") for p in paths.graph.all()]
-    needs["evaluate"] = needs["train"]
-    for path, producer in needs.get(stage, []):
-        if not path.exists():
-            return path, producer
-    return None
+@contextmanager
+def locked(target: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `target` (a `.<name>.lock` file beside it), across processes."""
+    lock_path = target.with_name(f".{target.name}.lock")
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -6,15 +6,20 @@ The store defaults to SQLite under the work dir (`sqlite:///<workdir>/mlflow.db`
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
+import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import yaml
+from mlflow.entities import Metric, Param
 
 from elmrec.config import Settings
 
@@ -57,6 +62,105 @@ def run(settings: Settings, name: str, tags: Mapping[str, str] | None = None,
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else name, experiment_id=experiment_id,
                           tags=all_tags, nested=mlflow.active_run() is not None) as active:
         yield active.info.run_id
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names may not hold '@': hr@10 -> hr_at_10 (metrics.json keeps the usual names)."""
+    return name.replace("@", "_at_")
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """Logs into one existing run by id, without MLflow's global active-run state (safe across threads)."""
+
+    run_id: str
+
+    @property
+    def client(self) -> mlflow.MlflowClient:
+        return mlflow.MlflowClient()
+
+    def settings(self, settings: Settings) -> None:
+        dumped = settings.model_dump(mode="json")
+        self.params(dumped)
+        self.client.log_text(self.run_id, yaml.safe_dump(dumped, sort_keys=False), "config.yaml")
+
+    def params(self, values: Mapping[str, Any], prefix: str = "") -> None:
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = {k: str(v) for k, v in flatten(values, prefix).items() if k not in existing}  # params are write-once
+        if fresh:
+            self.client.log_batch(self.run_id, params=[Param(k, v[:6000]) for k, v in fresh.items()])
+
+    def metrics(self, values: Mapping[str, Any], prefix: str = "", step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        numeric = [Metric(metric_name(f"{prefix}{k}"), float(v), now, step) for k, v in flatten(values).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for start in range(0, len(numeric), 1000):
+            self.client.log_batch(self.run_id, metrics=numeric[start:start + 1000])
+
+    def artifact(self, path: Path, artifact_dir: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path=artifact_dir)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_dir)
+
+    def artifact_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def tags(self, values: Mapping[str, str]) -> None:
+        for key, value in values.items():
+            self.client.set_tag(self.run_id, key, value)
+
+
+def find_or_create_run(settings: Settings, name: str, tags: Mapping[str, str], match: Mapping[str, str],
+                       parent_run_id: str | None = None) -> str:
+    """The run whose tags include all of `match` (a retried flow run finds its earlier one), else a new run.
+
+    The run is left RUNNING; stages log into it with `run(..., run_id=...)` and `finish` closes it.
+    """
+    experiment_id = configure(settings)
+    client = mlflow.MlflowClient()
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in match.items())
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        log.info("MLflow: attaching to existing run %s (%s)", run_id, query)
+        return run_id
+    all_tags = {**tags, **match}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+
+def finish(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+    configure(settings)
+    mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+
+def environment_tags() -> dict[str, str]:
+    """Provenance of a run: the git commit of the code and the versions of the libraries that shape results."""
+    tags = {}
+    for package in ("elmrec", "torch", "transformers", "prefect", "mlflow", "polars", "scipy"):
+        try:
+            tags[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            tags[f"version.{package}"] = "absent"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+        tags["git.commit"] = commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        tags["git.commit"] = "unknown"
+    return tags
+
+
+def run_url(settings: Settings, run_id: str) -> str:
+    """The run's address in an MLflow UI started on this store (`elmrec ui`, default port 5000)."""
+    configure(settings)
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def log_settings(settings: Settings) -> None:

@@ -1,41 +1,79 @@
 """The `elmrec` flow: the pipeline, stage by stage.
 
-    download → preprocess → graph → (train → evaluate, as they land) → MLflow
+    download → preprocess → graph → baselines → (train → evaluate) per variant → MLflow + summary
 
-`preset` picks a named settings preset (elmrec.config.PRESETS) and `overrides` changes any field of it, as a
-nested dict: {"data": {"dataset": "sports"}, "seed": 7}. Settings are validated before any work starts.
-`stages` runs only some stages, on the outputs already in the work dir.
+Parameters (validated before any work starts):
+- preset     named settings (elmrec.config.PRESETS): demo | mini | paper
+- overrides  any field, nested: {"data": {"dataset": "sports"}, "seed": 7}
+- variants   models to train and evaluate (elmrec.config.VARIANTS), each a child run in MLflow
+- stages     run only these stages, on the outputs already in the work dir
+- force      rerun these stages even when their inputs, settings and code are unchanged
+Each stage is cached on its settings, the SHA-256 of its input files and its code, so a rerun skips what
+did not change.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import Task, flow
 from prefect.logging import get_run_logger
-from prefect.runtime import flow_run
 
-from elmrec.config import Stage, settings_for
+from elmrec.config import Preset, Settings, Stage, Variant, settings_for, variant_settings
+from elmrec.stages import outputs_exist
 from tasks.data import download_task, graph_task, preprocess_task
-from tasks.tracking import track_task
+from tasks.evaluate import baselines_task, evaluate_task
+from tasks.tracking import (
+    mark_parent_failed,
+    open_parent_task,
+    record_baselines_task,
+    record_data_task,
+    record_variant_task,
+    summarize_task,
+)
+from tasks.train import train_task
 
 
-@flow(name="elmrec", validate_parameters=True)
-def elmrec(preset: str = "demo", overrides: dict[str, Any] | None = None, stages: list[Stage] | None = None) -> str:
+@flow(name="elmrec", validate_parameters=True, on_failure=[mark_parent_failed], on_crashed=[mark_parent_failed])
+def elmrec(
+    preset: Preset = "demo",
+    overrides: dict[str, Any] | None = None,
+    variants: list[Variant] | None = None,
+    stages: list[Stage] | None = None,
+    force: list[Stage] | None = None,
+) -> dict[str, Any]:
     settings = settings_for(preset, overrides)
-    wanted = set(stages or Stage)
-    logger = get_run_logger()
-    logger.info("settings: %s", settings.model_dump_json())
+    variants = variants or ["elmrec"]
+    runs = {name: variant_settings(settings, name) for name in variants}  # every variant validated up front
+    wanted, forced = set(stages or Stage), set(force or [])
+    get_run_logger().info("stages %s (forced: %s), variants %s, settings %s", sorted(s.value for s in wanted),
+                          sorted(s.value for s in forced) or "none", variants, settings.model_dump_json())
 
-    stats: dict[str, Path] = {}
-    if Stage.DOWNLOAD in wanted:
-        download_task(settings)
-    if Stage.PREPROCESS in wanted:
-        stats["data"] = preprocess_task(settings)
-    if Stage.GRAPH in wanted:
-        stats["graph"] = graph_task(settings)
+    def stage(task: Task, name: Stage, settings: Settings) -> Task | None:
+        """The task to run for stage `name`, or None when not wanted; its cache is refreshed when the stage is
+        forced or its outputs have gone."""
+        refresh = name in forced or not outputs_exist(settings, task.name)
+        return task.with_options(refresh_cache=refresh) if name in wanted else None
 
-    tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "preset": preset,
-            "stages": ",".join(s.value for s in Stage if s in wanted)}
-    return track_task(settings, flow_run.get_name() or "elmrec", tags, stats)
+    parent = open_parent_task(settings, preset, list(variants))
+    if run := stage(download_task, Stage.DOWNLOAD, settings):
+        run(settings)
+    if run := stage(preprocess_task, Stage.PREPROCESS, settings):
+        run(settings)
+    if run := stage(graph_task, Stage.GRAPH, settings):
+        run(settings)
+    data = record_data_task(settings, parent)
+
+    results: dict[str, Any] = {}
+    if run := stage(baselines_task, Stage.EVALUATE, settings):
+        run(settings)
+        results.update(record_baselines_task(settings, parent))
+    for name, variant in runs.items():
+        if run := stage(train_task, Stage.TRAIN, variant):
+            run(variant)
+        if run := stage(evaluate_task, Stage.EVALUATE, variant):
+            run(variant)
+        results[name] = record_variant_task(variant, parent, name)
+
+    summarize_task(settings, parent, data, results)
+    return {"mlflow_run_id": parent, "results": results}

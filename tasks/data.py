@@ -1,4 +1,4 @@
-"""Data stages: download, preprocess, graph."""
+"""Data stages: download, preprocess, graph. Each is cached on its fingerprint (tasks.caching)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.graph import build_graph
 from elmrec.paths import WorkPaths
+from tasks.caching import stage_cache
 
 
-@task(name="download", retries=2, retry_delay_seconds=5)
+@task(name="download", retries=2, retry_delay_seconds=5, cache_policy=stage_cache("download"), persist_result=True)
 def download_task(settings: Settings) -> list[Path]:
     """Source files -> <dataset>/raw/ (retried: network I/O)."""
     paths = WorkPaths.from_settings(settings)
@@ -23,7 +24,7 @@ def download_task(settings: Settings) -> list[Path]:
     return files
 
 
-@task(name="preprocess")
+@task(name="preprocess", cache_policy=stage_cache("preprocess"), persist_result=True)
 def preprocess_task(settings: Settings) -> Path:
     """raw/ -> data/*.parquet + stats.json; returns the stats path."""
     paths = WorkPaths.from_settings(settings)
@@ -33,7 +34,7 @@ def preprocess_task(settings: Settings) -> Path:
     return paths.data.stats
 
 
-@task(name="graph")
+@task(name="graph", cache_policy=stage_cache("graph"), persist_result=True)
 def graph_task(settings: Settings) -> Path:
     """data/interactions.parquet -> graph-<edges>/adjacency.npz + stats.json; returns the stats path."""
     paths = WorkPaths.from_settings(settings)

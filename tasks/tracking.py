@@ -1,24 +1,132 @@
-"""Record a flow run in MLflow: settings, and the stats each stage wrote."""
+"""Record a flow run in MLflow and Prefect: one parent run per flow run, one child run per variant.
+
+These tasks are never cached: they read the files the stages wrote (stats, history, metrics) and log them,
+so every flow run is complete in MLflow even when its stages were served from cache. A retried flow run
+finds the runs its first attempt opened (matched by tags) instead of opening new ones.
+"""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import deployment, flow_run
 
-from elmrec import tracking
+from elmrec import plots, tracking
 from elmrec.config import Settings
+from elmrec.paths import WorkPaths
+from elmrec.report import summary_markdown
+
+FLOW_RUN_TAG = "prefect.flow_run_id"
 
 
-@task(name="track", retries=1, retry_delay_seconds=2)
-def track_task(settings: Settings, run_name: str, tags: dict[str, str], stats_files: dict[str, Path]) -> str:
-    """One MLflow run with the settings as params and each stage's stats as metrics + artifacts."""
-    with tracking.run(settings, run_name, tags) as run_id:
-        tracking.log_settings(settings)
-        for stage, path in stats_files.items():
-            tracking.log_metrics(json.loads(Path(path).read_text()), prefix=f"{stage}.")
-            tracking.log_artifact(Path(path), artifact_dir=stage)
-    get_run_logger().info("MLflow run %s in %s", run_id, settings.resolved_tracking_uri())
+def _flow_run_id() -> str:
+    return str(flow_run.id or "local")
+
+
+@task(name="open-mlflow-run", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def open_parent_task(settings: Settings, preset: str, variants: list[str]) -> str:
+    """The flow run's parent MLflow run (name = the flow run's name), with settings and provenance."""
+    tags = {"prefect.flow_run_name": flow_run.name or "", "prefect.deployment": deployment.name or "",
+            "prefect.ui": flow_run.ui_url or "", "preset": preset, "variants": ",".join(variants),
+            **tracking.environment_tags()}
+    run_id = tracking.find_or_create_run(settings, flow_run.name or "elmrec", tags,
+                                         match={FLOW_RUN_TAG: _flow_run_id(), "elmrec.role": "parent"})
+    tracking.RunLog(run_id).settings(settings)
+    get_run_logger().info("MLflow parent run %s in %s", run_id, settings.resolved_tracking_uri())
     return run_id
+
+
+@task(name="record-data", cache_policy=NO_CACHE)
+def record_data_task(settings: Settings, parent_run_id: str) -> dict[str, Any]:
+    """Dataset and graph statistics into the parent run."""
+    paths = WorkPaths.from_settings(settings)
+    log = tracking.RunLog(parent_run_id)
+    stats: dict[str, Any] = {}
+    for name, path in (("data", paths.data.stats), ("graph", paths.graph.stats)):
+        if path.is_file():
+            stats[name] = json.loads(path.read_text())
+            log.metrics(stats[name], prefix=f"{name}.")
+            log.artifact(path, artifact_dir=name)
+    return stats
+
+
+@task(name="record-variant", cache_policy=NO_CACHE)
+def record_variant_task(settings: Settings, parent_run_id: str, variant: str) -> dict[str, Any]:
+    """One child run per variant: settings, training curves, evaluation metrics, predictions, plots."""
+    run = WorkPaths.from_settings(settings).run(settings)
+    child = tracking.find_or_create_run(
+        settings, variant, {"elmrec.variant": variant},
+        match={FLOW_RUN_TAG: _flow_run_id(), "elmrec.role": "variant", "elmrec.variant": variant},
+        parent_run_id=parent_run_id)
+    log = tracking.RunLog(child)
+    log.settings(settings)
+    metrics: dict[str, Any] = {}
+    if run.history.is_file():
+        history = json.loads(run.history.read_text())
+        log.params({"pretrained": history.get("pretrained"), "device": history.get("device"),
+                    "best_epoch": history.get("best_epoch")})
+        for record in history.get("epochs", []):
+            log.metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+        log.artifact(run.history, artifact_dir="train")
+        with tempfile.TemporaryDirectory() as tmp:
+            log.artifact(plots.loss_curves(history.get("epochs", []), Path(tmp) / "loss_curves.png",
+                                           best_epoch=history.get("best_epoch")), artifact_dir="train")
+    evaluation = run.evaluation(settings.eval, settings.eval.split)
+    if (evaluation / "metrics.json").is_file():
+        metrics = json.loads((evaluation / "metrics.json").read_text())
+        log.metrics(metrics, prefix=f"{settings.eval.split}.")
+        log.artifact(evaluation, artifact_dir=f"eval/{settings.eval.split}")
+    tracking.finish(settings, child)
+    return metrics
+
+
+@task(name="record-baselines", cache_policy=NO_CACHE)
+def record_baselines_task(settings: Settings, parent_run_id: str) -> dict[str, Any]:
+    """Baseline metrics (popularity, random) as a child run, so tables always show the floor."""
+    folder = WorkPaths.from_settings(settings).baselines(settings)
+    if not (folder / "metrics.json").is_file():
+        return {}
+    child = tracking.find_or_create_run(
+        settings, "baselines", {}, match={FLOW_RUN_TAG: _flow_run_id(), "elmrec.role": "baselines"},
+        parent_run_id=parent_run_id)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    tracking.RunLog(child).metrics(metrics, prefix=f"{settings.eval.split}.")
+    tracking.RunLog(child).artifact(folder / "metrics.json")
+    tracking.finish(settings, child)
+    return metrics
+
+
+@task(name="summarize", cache_policy=NO_CACHE)
+def summarize_task(settings: Settings, parent_run_id: str, data: dict[str, Any],
+                   results: dict[str, dict[str, Any]]) -> str:
+    """Markdown summary (Prefect artifact + MLflow), metrics-per-variant plots; closes the parent run."""
+    log = tracking.RunLog(parent_run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        for task_name in sorted({t for metrics in results.values() for t in metrics if isinstance(metrics[t], dict)}):
+            per_variant = {variant: {k: v for k, v in metrics[task_name].items()
+                                     if k.startswith(("hr@", "ndcg@")) and isinstance(v, (int, float))}
+                           for variant, metrics in results.items() if isinstance(metrics.get(task_name), dict)}
+            log.artifact(plots.metrics_by_variant(per_variant, Path(tmp) / f"metrics_{task_name}.png",
+                                                  f"{task_name} ({settings.eval.split})"), artifact_dir="plots")
+    markdown = summary_markdown(settings, data, results, tracking.run_url(settings, parent_run_id))
+    log.artifact_text(markdown, "summary.md")
+    create_markdown_artifact(markdown, key="elmrec-summary", description="elmrec run summary")
+    tracking.finish(settings, parent_run_id)
+    return markdown
+
+
+def mark_parent_failed(flow: Any, run: Any, state: Any) -> None:
+    """Flow on_failure hook: the parent MLflow run of a failed flow run is marked FAILED, not left RUNNING."""
+    from elmrec.config import settings_for
+
+    params = dict(run.parameters or {})
+    settings = settings_for(params.get("preset", "demo"), params.get("overrides"))
+    for found in tracking.find_runs(settings, f"tags.`{FLOW_RUN_TAG}` = '{run.id}' and tags.`elmrec.role` = 'parent'"):
+        tracking.finish(settings, found["run_id"], status="FAILED")

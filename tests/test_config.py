@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from elmrec.config import PRESETS, Task, paper_overrides, settings_for
+from elmrec.config import PRESETS, VARIANTS, Preset, Task, Variant, paper_overrides, settings_for, variant_settings
 from elmrec.paths import WorkPaths
 
 
@@ -45,3 +45,19 @@ def test_paths_separate_settings_that_shape_data(tmp_path: Path) -> None:
     assert len({a.data.root, b.data.root, c.data.root}) == 3
     assert a.data.root == tmp_path.resolve() / "beauty" / "p5-seed2024" / "data"
     assert a.graph.root.name == "graph-train"
+
+
+def test_literal_types_list_every_preset_and_variant() -> None:
+    assert set(Preset.__args__) == set(PRESETS)
+    assert set(Variant.__args__) == set(VARIANTS)
+
+
+def test_variants_are_one_setting_away() -> None:
+    base = settings_for("demo", {"data": {"dataset": "sports"}})
+    assert variant_settings(base, "pod").model.variant == "pod"
+    assert variant_settings(base, "paper_decoding").eval.direct_mode == "beam"
+    tuned = variant_settings(base, "sequential_tuned")
+    assert (tuned.model.alpha, tuned.model.sigma, tuned.eval.rerank_n) == (1, 5, 10)
+    assert variant_settings(base, "elmrec") == base
+    with pytest.raises(ValueError, match="unknown variant 'big'"):
+        variant_settings(base, "big")

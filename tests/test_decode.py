@@ -1,4 +1,4 @@
-"""Decoding: item trie, exact candidate scoring, paper beam modes, trie-constrained beam search.
+"""Decoding: item trie (elmrec.trie), exact candidate scoring, paper beam modes, trie-constrained beam search.
 
 A tiny random T5 (d_model 32, one layer, the real t5-small tokenizer and vocabulary) behind a stand-in with the
 `ELMRec` interface (`t5`, `encoder_inputs`, `generate`).
@@ -6,6 +6,7 @@ A tiny random T5 (d_model 32, one layer, the real t5-small tokenizer and vocabul
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,22 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-from elmrec import decode
+from elmrec import decode, trie
 from elmrec.config import EvalSettings, Task
-from elmrec.decode import DecodeInputs, ItemTrie, ItemTrieLogitsProcessor, parse_item_text, rank_direct, rank_sequential
+from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
+from elmrec.trie import ItemTrie, ItemTrieLogitsProcessor, PrefixTree, parse_item_text
 
 T5_DIR = Path(__file__).resolve().parents[2] / "shared" / "t5-small"
 pytestmark = pytest.mark.skipif(not (T5_DIR / "spiece.model").exists(), reason="shared t5-small tokenizer missing")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads; on a loaded CPU the threads stall waiting for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class StandIn(nn.Module):
@@ -86,6 +97,11 @@ PROMPTS = ["user_1 item_5 item_77 item_3", "user_2 item_9", "user_3 item_12 item
 # ---- trie ---------------------------------------------------------------------------------------------------
 
 HAND = [[5, 7, 1], [5, 8, 1], [6, 1], [5, 7, 9, 1]]  # items 1..4
+
+
+def test_decode_still_exports_the_trie_names() -> None:
+    assert decode.ItemTrie is trie.ItemTrie and decode.ItemTrieLogitsProcessor is trie.ItemTrieLogitsProcessor
+    assert decode.parse_item_text is trie.parse_item_text
 
 
 def test_trie_allowed_tokens_by_hand() -> None:
@@ -154,8 +170,10 @@ def brute_force_loglik(model: StandIn, inputs: DecodeInputs, u: int, item: int, 
     return float(logits.log_softmax(-1).gather(-1, labels.unsqueeze(-1)).sum())
 
 
-def test_score_mode_equals_brute_force_likelihoods(tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(decode, "CHUNK_ROWS", 7)  # several decoder chunks per batch
+@pytest.mark.parametrize("chunk_tokens", [7, 10**6])  # one user per decoder pass; all users of a batch in one
+def test_score_mode_equals_brute_force_likelihoods(tokenizer: Any, monkeypatch: pytest.MonkeyPatch,
+                                                   chunk_tokens: int) -> None:
+    monkeypatch.setattr(decode, "CHUNK_TOKENS", chunk_tokens)
     model = StandIn(seed=1)
     trie = ItemTrie.from_tokenizer(tokenizer, 300)
     rng = np.random.default_rng(5)
@@ -172,6 +190,30 @@ def test_score_mode_equals_brute_force_likelihoods(tokenizer: Any, monkeypatch: 
             np.testing.assert_allclose(result.scores[u], expected[order], rtol=1e-5, atol=1e-4)
     again = rank_direct(model, inputs, trie, EvalSettings(batch_size=3, max_users=2), progress=False)
     assert np.array_equal(again.items, result.items[:2]) and again.users.tolist() == [1, 2]
+
+
+def test_prefix_tree_packing_equals_one_row_at_a_time(tokenizer: Any) -> None:
+    """Rows sharing prefixes of depth 1 to 3, two users of different tree sizes in one pass and one at a time."""
+    model = StandIn(seed=2)
+    rows = {0: [[5, 7, 1], [5, 7, 9, 1], [5, 8, 1], [6, 1], [5, 7, 9, 4, 1], [5, 7, 1]], 1: [[5, 7, 1], [3, 1]]}
+    flat = [(u, r) for u, user_rows in rows.items() for r in user_rows]
+    labels = torch.full((len(flat), 5), -100)
+    for n, (_, r) in enumerate(flat):
+        labels[n, : len(r)] = torch.tensor(r)
+    row_user = torch.tensor([u for u, _ in flat])
+    with torch.no_grad():
+        hidden, mask = decode._encode(model, make_inputs(tokenizer, PROMPTS[:2]), Task.DIRECT)
+        expected = []
+        for u, r in flat:
+            lab = torch.tensor([r])
+            logits = model.t5(encoder_outputs=(hidden[u : u + 1],), attention_mask=mask[u : u + 1], labels=lab).logits
+            expected.append(float(logits.log_softmax(-1).gather(-1, lab.unsqueeze(-1)).sum()))
+        for chunk_tokens in (1, 10**6):
+            got = decode._log_likelihood(model, hidden, mask, row_user, labels, chunk_tokens=chunk_tokens)
+            np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+    tree = PrefixTree.of([[5, 7, 1], [5, 8, 1]], start_id=0)
+    assert tree == ([0, 5, 7, 8], [0, 1, 2, 2], [-1, 0, 1, 1], [0, 1, 2, 0, 1, 3], [5, 7, 1, 5, 8, 1])
+    assert tree.n_nodes == 4
 
 
 def test_beam_mode_counts_bad_outputs_as_misses(tokenizer: Any) -> None:

@@ -1,15 +1,19 @@
-"""The `elmrec` flow end to end on a tiny local dataset, with a throwaway Prefect server."""
+"""The `elmrec` flow end to end on a tiny local dataset and a tiny T5, with a throwaway Prefect server."""
 
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from elmrec import tracking
 from elmrec.config import Stage, settings_for
 from elmrec.paths import WorkPaths
-from tests.conftest import write_p5
+from tests.conftest import T5_SMALL, write_p5
+
+TINY_MODEL = {"model_mirror": str(T5_SMALL.parent), "reduced": {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4,
+                                                               "num_layers": 1, "num_decoder_layers": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -20,25 +24,70 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+def task_states(flow_run_id: Any) -> dict[str, list[str]]:
+    """{task name: [state names]} of one flow run, read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    return states
+
+
+@pytest.fixture
+def overrides(tmp_path: Path, tiny_histories) -> dict[str, Any]:
+    raw = write_p5(tmp_path / "mine", tiny_histories, n_items=150)
+    return {"workdir": str(tmp_path / "work"), "data": {"dataset": "mine", "source": "local", "path": str(raw)},
+            "model": TINY_MODEL, "train": {"max_epochs": 1, "batch_size": 4, "valid_users": 4},
+            "eval": {"max_users": 4, "sequential_beams": 4, "direct_beams": 4, "top_n": 4, "rerank_n": 2}}
+
+
 @pytest.mark.slow
-def test_flow_runs_data_stages_and_records_mlflow(tmp_path: Path, tiny_histories, prefect_harness) -> None:
+def test_flow_runs_every_stage_caches_reruns_and_records_mlflow(overrides: dict[str, Any], prefect_harness) -> None:
     from flows.elmrec import elmrec
 
-    raw = write_p5(tmp_path / "mine", tiny_histories, n_items=150)
-    overrides = {"workdir": str(tmp_path / "work"), "data": {"dataset": "mine", "source": "local", "path": str(raw)}}
-    run_id = elmrec(preset="paper", overrides=overrides, stages=[Stage.DOWNLOAD, Stage.PREPROCESS, Stage.GRAPH])
-
-    settings = settings_for("paper", overrides)
+    state = elmrec(preset="demo", overrides=overrides, variants=["elmrec", "pod"], return_state=True)
+    result = state.result()
+    settings = settings_for("demo", overrides)
     paths = WorkPaths.from_settings(settings)
     assert json.loads(paths.data.stats.read_text())["n_users"] == 4
-    assert json.loads(paths.graph.stats.read_text())["n_edges"] == 10
-    runs = {run["run_id"]: run for run in tracking.find_runs(settings)}
-    recorded = runs[run_id]
-    assert recorded["params"]["data.source"] == "local"
-    assert recorded["metrics"]["data.n_interactions"] == 18 and recorded["metrics"]["graph.n_nodes"] == 155
-    assert recorded["tags"]["stages"] == "download,preprocess,graph"
+    assert set(result["results"]) == {"popularity", "random", "elmrec", "pod"}
+    assert set(result["results"]["elmrec"]) == {"sequential", "direct"}
 
-    # one stage alone, on the outputs already there
-    elmrec(preset="paper", overrides={**overrides, "data": {**overrides["data"], "graph_edges": "all"}},
-           stages=[Stage.GRAPH])
-    assert json.loads((paths.derived / "graph-all" / "stats.json").read_text())["n_edges"] == 18
+    runs = tracking.find_runs(settings)
+    parent = next(r for r in runs if r["run_id"] == result["mlflow_run_id"])
+    children = [r for r in runs if r["tags"].get("mlflow.parentRunId") == parent["run_id"]]
+    assert parent["tags"]["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert parent["metrics"]["data.n_interactions"] == 18 and parent["status"] == "FINISHED"
+    assert sorted(r["name"] for r in children) == ["baselines", "elmrec", "pod"]
+    elmrec_child = next(r for r in children if r["name"] == "elmrec")
+    assert "test.direct.hr_at_10" in elmrec_child["metrics"] and "valid_loss" in elmrec_child["metrics"]
+    assert elmrec_child["params"]["pretrained"] == "False"
+    first = task_states(state.state_details.flow_run_id)
+    assert set(first["train"]) == {"Completed"} and len(first["train"]) == 2
+
+    # Second run: unchanged stages come from cache, the forced one runs again.
+    again = elmrec(preset="demo", overrides=overrides, variants=["elmrec", "pod"], force=[Stage.EVALUATE],
+                   return_state=True)
+    second = task_states(again.state_details.flow_run_id)
+    for name in ("download", "preprocess", "graph", "train"):
+        assert set(second[name]) == {"Cached"}, (name, second[name])
+    assert set(second["evaluate"]) == {"Completed"} and set(second["baselines"]) == {"Completed"}
+    assert again.result()["results"]["elmrec"] == result["results"]["elmrec"]  # same model, same metrics
+
+
+@pytest.mark.slow
+def test_bad_parameters_fail_before_any_work(tmp_path: Path, prefect_harness) -> None:
+    from prefect.exceptions import ParameterTypeError
+    from pydantic import ValidationError
+
+    from flows.elmrec import elmrec
+
+    with pytest.raises(ParameterTypeError, match="preset"):
+        elmrec(preset="huge", overrides={"workdir": str(tmp_path)})
+    with pytest.raises(ValidationError, match=r"data.id_scheme"):
+        elmrec(preset="demo", overrides={"workdir": str(tmp_path), "data": {"id_scheme": "bad"}})
+    assert list(tmp_path.iterdir()) == []

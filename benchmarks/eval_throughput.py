@@ -1,0 +1,133 @@
+"""Evaluation throughput (users/s) of each decoding mode, full t5-small shape (random init), real Beauty inputs.
+
+    python benchmarks/eval_throughput.py [--mirror ../shared/data] [--users 32] [--device auto|cpu|cuda]
+
+The data stages run on Beauty in a temporary work dir (through the mirror, as a user's download would); the
+model is ELMRec around a randomly initialised t5-small with Beauty's node table and graph, so every tensor has
+its real shape. Each mode ranks the first `--users` test users twice with the paper's beam counts (direct 20,
+sequential 30, rerank N 15); the second pass is the figure (steady state, as in a long evaluation), the first
+is shown beside it: on a loaded CPU its first allocations of each tensor shape can cost several times more.
+Goal: direct `score` >= 3x the users/s of direct `beam`. The default batch of 16 users keeps beam search's
+cross-attention cache (users x beams x prompt tokens) within a small machine's memory.
+Random weights do not change the cost of a forward pass; they do change how many beam steps end early, so
+the beam figures are indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from elmrec.config import EvalSettings, Settings, Task, settings_for
+from elmrec.data.download import download
+from elmrec.data.preprocess import preprocess
+from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
+from elmrec.evaluate import EvalData, decode_inputs, resolve_device
+from elmrec.graph import build_graph, load_adjacency
+from elmrec.model import ELMRec, load_t5, load_tokenizer
+from elmrec.paths import WorkPaths
+from elmrec.trie import ItemTrie
+
+MODES = (("direct", "score"), ("direct", "beam"), ("sequential", "constrained"), ("sequential", "rerank"))
+
+
+def prepare(settings: Settings) -> WorkPaths:
+    paths = WorkPaths.from_settings(settings)
+    download(settings.data, paths.raw, settings.resolved_mirror())
+    preprocess(settings.data, settings.seed, paths.raw, paths.data)
+    build_graph(paths.data, paths.graph)
+    return paths
+
+
+def run_mode(model: ELMRec, inputs: DecodeInputs, trie: ItemTrie, task: str, mode: str, eval_settings: EvalSettings,
+             n_users: int) -> float:
+    """Seconds to rank the first n_users users (CUDA synchronised)."""
+    limited = eval_settings.model_copy(update={"max_users": n_users})
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    if task == "direct":
+        rank_direct(model, inputs, trie, limited, mode=mode, progress=False)
+    else:
+        rank_sequential(model, inputs, trie, limited, mode=mode, progress=False)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mirror", default=os.environ.get("ELMREC_MIRROR", "../shared/data"))
+    parser.add_argument("--model-mirror", default=os.environ.get("ELMREC_MODEL_MIRROR", "../shared"))
+    parser.add_argument("--users", type=int, default=32, help="test users ranked per mode")
+    parser.add_argument("--batch-size", type=int, default=16, help="users per batch (EvalSettings.batch_size)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--modes", default=",".join(f"{t}/{m}" for t, m in MODES))
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); on a shared, "
+                        "loaded CPU one thread avoids stalls of threads waiting for a descheduled sibling")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    work = Path(tempfile.mkdtemp(prefix="elmrec-eval-bench-"))
+    try:
+        settings = settings_for("paper", {
+            "workdir": str(work), "data": {"mirror": str(Path(args.mirror).resolve())},
+            "model": {"model_name": "t5-small", "model_mirror": str(Path(args.model_mirror).resolve())},
+            "eval": {"batch_size": args.batch_size}})  # fmt: skip
+        start = time.perf_counter()
+        paths = prepare(settings)
+        data = EvalData.load(paths.data, "test", args.users)
+        device = resolve_device(args.device)
+        t5, _ = load_t5(settings.model)  # no weights in the mirror: random init (warned), same cost
+        model = ELMRec(t5, settings.model, data.n_users, data.n_items, load_adjacency(paths.graph),
+                       [Task.SEQUENTIAL, Task.DIRECT]).to(device).eval()
+        tokenizer = load_tokenizer(settings.model)
+        trie = ItemTrie.from_tokenizer(tokenizer, data.n_items)
+        direct_prompts = data.prompts(Task.DIRECT, settings.train.max_history)
+        seq_prompts = data.prompts(Task.SEQUENTIAL, settings.train.max_history)
+        inputs = {
+            "direct": decode_inputs(model, tokenizer, direct_prompts, Task.DIRECT, candidates=data.candidate_lists()),
+            "sequential": decode_inputs(model, tokenizer, seq_prompts, Task.SEQUENTIAL,
+                                        histories=data.exclusions([p.user for p in seq_prompts])),
+        }
+        threads = torch.get_num_threads()
+        print(f"beauty: {data.n_users} users, {data.n_items} items; setup {time.perf_counter() - start:.1f} s; "
+              f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{threads} threads'}); "
+              f"t5-small {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
+              f"direct prompt {int(inputs['direct'].attention_mask.sum(1).float().mean())} tokens, "
+              f"sequential {int(inputs['sequential'].attention_mask.sum(1).float().mean())}", flush=True)
+        figures, cold = {}, {}
+        for name in args.modes.split(","):
+            task, mode = name.split("/")
+            first = run_mode(model, inputs[task], trie, task, mode, settings.eval, args.users)
+            seconds = run_mode(model, inputs[task], trie, task, mode, settings.eval, args.users)
+            figures[name], cold[name] = args.users / seconds, args.users / first
+            print(f"{name:<24} {args.users:4d} users {seconds:8.2f} s  {figures[name]:8.2f} users/s   "
+                  f"(first pass {first:7.2f} s, {cold[name]:6.2f} users/s)", flush=True)
+        if "direct/score" in figures and "direct/beam" in figures:
+            ratio = figures["direct/score"] / figures["direct/beam"]
+            print(f"direct score / beam throughput: {ratio:.2f}x (goal >= 3x)")
+        if args.json:
+            args.json.write_text(json.dumps({"device": str(device), "users": args.users, "batch_size": args.batch_size,
+                                             "users_per_s": figures, "first_pass_users_per_s": cold}, indent=2) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

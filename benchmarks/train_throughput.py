@@ -1,0 +1,155 @@
+"""Training throughput of the full t5-small ELMRec (random init) on real Beauty prompts, per task.
+
+    python benchmarks/train_throughput.py [--mirror ../shared/data] [--model-mirror ../shared] [--steps 3]
+
+Builds the full Beauty data through the pipeline's own stages (download from the mirror, preprocess, graph),
+then one training epoch's prompts exactly as the trainer does (`elmrec.train.epoch_prompts`, `encode_for`,
+bucketed batches), and times `elmrec.train.train_step` (forward, backward, fused AdamW step) on the first
+batches after warm-up. Reports s/step, samples/s, the tokenizer time per batch that the trainer spends once per
+epoch (the paper's code spends it inside every step), peak memory, and the speed-up over the paper's code on
+this 2-core machine: 2.1 s/step (sequential) and 15.7 s/step (direct) at batch 16. CPU always; on CUDA also
+fp32 against bf16 autocast. Timings on a shared machine vary with its load: the load average is printed.
+Busy cores hurt twice with several OpenMP threads (each parallel region waits for the slowest thread):
+compare `--threads 1`, or run with OMP_WAIT_POLICY=PASSIVE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from elmrec.config import Task, settings_for  # noqa: E402
+from elmrec.data.download import download  # noqa: E402
+from elmrec.data.preprocess import preprocess  # noqa: E402
+from elmrec.graph import build_graph, propagate  # noqa: E402
+from elmrec.model import load_tokenizer  # noqa: E402
+from elmrec.paths import WorkPaths  # noqa: E402
+from elmrec.train import (Device, TrainData, build_model, encode_for, epoch_prompts, make_optimizer,  # noqa: E402
+                          train_step)
+from elmrec.wholeword import bucketed_batches, collate  # noqa: E402
+
+PAPER_S_PER_STEP = {Task.SEQUENTIAL: 2.1, Task.DIRECT: 15.7}  # the authors' code, t5-small, batch 16, 2 CPU cores
+ENCODE_PROMPTS = 2000  # prompts per task encoded for the benchmark (the tokenizer cost is per prompt)
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def prepare(args: argparse.Namespace) -> tuple:
+    overrides = {"workdir": str(args.workdir), "data": {"dataset": "beauty", "mirror": args.mirror},
+                 "model": {"model_mirror": args.model_mirror}, "train": {"batch_size": args.batch_size}}
+    settings = settings_for("paper", overrides)
+    paths = WorkPaths.from_settings(settings)
+    if not paths.graph.adjacency.is_file():
+        download(settings.data, paths.raw, settings.resolved_mirror())
+        preprocess(settings.data, settings.seed, paths.raw, paths.data)
+        build_graph(paths.data, paths.graph, settings.data.graph_edges)
+    return settings, TrainData.load(paths)
+
+
+def time_task(model, optimizer, tokenizer, data, settings, task: Task, device: Device, args) -> dict:
+    prompts = epoch_prompts(task, data, settings, epoch=1)
+    rng = np.random.default_rng(0)
+    prompts = [prompts[i] for i in rng.choice(len(prompts), min(ENCODE_PROMPTS, len(prompts)), replace=False)]
+    start = time.perf_counter()
+    encoded = encode_for(model, tokenizer, prompts, task)
+    encode_s = (time.perf_counter() - start) / len(prompts) * args.batch_size  # tokenizer seconds per batch
+    batches = bucketed_batches(encoded.lengths, args.batch_size, rng)[: args.warmup + args.steps]
+    if device.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = []
+    for i, rows in enumerate(batches):
+        batch = device.put(collate(encoded, rows))
+        start = time.perf_counter()
+        train_step(model, optimizer, batch, task, device).item()  # .item(): wait for the device
+        if i >= args.warmup:
+            seconds.append(time.perf_counter() - start)
+    step = float(np.mean(seconds))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.device.type == "cuda" else rss_mib()
+    tokens = float(np.mean([encoded.lengths[rows].max() for rows in batches]))
+    return {"task": task.value, "device": device.describe(), "s_per_step": step, "samples_per_s": args.batch_size / step,
+            "min_s": min(seconds), "max_s": max(seconds), "padded_length": tokens, "encode_s_per_batch": encode_s,
+            "speedup_vs_paper": PAPER_S_PER_STEP[task] / step if args.batch_size == 16 else None,
+            "peak_mib": peak}
+
+
+def time_propagation(model, device: Device, repeats: int = 3) -> float:
+    """Seconds of one LightGCN forward + backward over the full graph (part of every direct step)."""
+    table = model.node_table.weight
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        propagate(model.adjacency, table, model.settings.n_layers).sum().backward()
+        if device.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    table.grad = None
+    return float(np.median(seconds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mirror", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--model-mirror", default=str(Path(__file__).resolve().parents[2] / "shared"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "elmrec-bench-train")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on the CPU")
+    parser.add_argument("--skip-cpu", action="store_true", help="only CUDA (when present)")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings, data = prepare(args)
+    tokenizer = load_tokenizer(settings.model)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
+          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), load average {os.getloadavg()[0]:.2f}; "
+          f"Beauty {data.n_users} users, {data.n_items} items; batch {args.batch_size}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)
+    devices = [] if args.skip_cpu else [Device(torch.device("cpu"), None)]
+    if args.cpu_bf16:
+        devices.append(Device(torch.device("cpu"), torch.bfloat16))
+    if torch.cuda.is_available():
+        devices += [Device(torch.device("cuda"), None), Device(torch.device("cuda"), torch.bfloat16)]
+    rows = []
+    for device in devices:
+        model, pretrained = build_model(settings, data, device)
+        optimizer = make_optimizer(model, settings)
+        prop = time_propagation(model, device)
+        print(f"{device.describe()}: t5-small {'pretrained' if pretrained else 'random init'}, "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
+              f"LightGCN fwd+bwd over {model.n_nodes} nodes: {prop:.3f} s", flush=True)
+        for task in (Task.SEQUENTIAL, Task.DIRECT):
+            row = time_task(model, optimizer, tokenizer, data, settings, task, device, args)
+            row["propagation_s"] = prop if task is Task.DIRECT else 0.0
+            rows.append(row)
+            ratio = f"{row['speedup_vs_paper']:.2f}x" if row["speedup_vs_paper"] else "n/a"
+            print(f"  {task.value:<10} {row['s_per_step']:7.3f} s/step ({row['min_s']:.3f}-{row['max_s']:.3f})  "
+                  f"{row['samples_per_s']:7.2f} samples/s  padded length {row['padded_length']:5.0f}  "
+                  f"tokenizer {row['encode_s_per_batch']:.3f} s/batch (once per epoch)  "
+                  f"vs paper {PAPER_S_PER_STEP[task]} s/step: {ratio}  peak {row['peak_mib']:.0f} MiB", flush=True)
+        del model, optimizer
+        if device.device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

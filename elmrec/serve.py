@@ -1,0 +1,421 @@
+"""Local orchestration: a Prefect server, a process work pool, the deployments of `prefect.yaml` and a worker.
+
+    elmrec serve   start whatever is not running (idempotent); state in <workdir>/prefect/serve.json
+    elmrec stop    end exactly the processes `serve` recorded
+    elmrec ui      the MLflow UI on the work dir's store (foreground)
+
+Everything lives under `<workdir>/prefect/`: it is the PREFECT_HOME of the processes started here and holds the
+server's SQLite database, the logs, `serve.json` (pids, port, API URL) and `env.sh` (the `export
+PREFECT_API_URL=...` a shell needs). The server and the worker are started detached, each leading its own
+process session, so they outlive the shell that started them; `stop` ends their process groups. Prefect is
+driven through its command line and REST API, never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO, NoReturn
+
+from elmrec.config import settings_for
+
+POOL = "elmrec-local"  # the work pool prefect.yaml's deployments name; the worker creates it (type process)
+WORKER_NAME = "elmrec-local-worker"
+DEFAULT_PORT = 4200  # Prefect's usual port, taken when free
+HOST = "127.0.0.1"  # local only
+
+
+class ServeError(RuntimeError):
+    """A service did not come up; the message names the log to read."""
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from the state field on ([0] state, [19] start time); None without /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process `serve` started: its pid and start time (clock ticks after boot, from /proc; None elsewhere)."""
+
+    pid: int
+    started: int | None
+
+    @classmethod
+    def of(cls, pid: int) -> Proc:
+        stat = _proc_stat(pid)
+        return cls(pid, int(stat[19]) if stat else None)
+
+    def alive(self) -> bool:
+        """True while this very process runs: a zombie, or a reused pid with another start time, is not it."""
+        try:
+            os.waitpid(self.pid, os.WNOHANG)  # reap it, should it be our own exited child
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(self.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        stat = _proc_stat(self.pid)
+        if stat is None:
+            return True  # no /proc: existence is all there is to check
+        return stat[0] != "Z" and (self.started is None or int(stat[19]) == self.started)
+
+
+@dataclass(frozen=True)
+class ServeState:
+    """What `serve.json` records."""
+
+    port: int
+    api_url: str
+    checkout: str  # the folder the deployments run from
+    server: Proc
+    worker: Proc | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> ServeState | None:
+        if not path.is_file():
+            return None
+        raw = json.loads(path.read_text())
+        worker = raw.get("worker")
+        return cls(raw["port"], raw["api_url"], raw["checkout"], Proc(**raw["server"]),
+                   Proc(**worker) if worker else None)
+
+    def save(self, path: Path) -> None:
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        partial.replace(path)  # never a half-written state file
+
+
+@dataclass(frozen=True)
+class ServePaths:
+    """Every file of the local services, below <workdir>/prefect/."""
+
+    workdir: Path
+    home: Path  # PREFECT_HOME of every process started here
+    state: Path  # serve.json
+    env_file: Path  # env.sh: `source` it for PREFECT_API_URL
+    lock: Path
+    db: Path  # the server's SQLite database
+    server_log: Path
+    worker_log: Path  # the flow runs' output lands here too
+    deploy_log: Path
+
+    @classmethod
+    def under(cls, workdir: Path) -> ServePaths:
+        home = workdir.resolve() / "prefect"
+        return cls(workdir.resolve(), home, home / "serve.json", home / "env.sh", home / "serve.lock",
+                   home / "prefect.db", home / "server.log", home / "worker.log", home / "deploy.log")
+
+
+def default_checkout() -> Path:
+    """The project folder holding prefect.yaml: this package's parent (editable install) or the current folder."""
+    for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
+        if (candidate / "prefect.yaml").is_file():
+            return candidate
+    raise ServeError("no prefect.yaml found; run from the elmrec checkout or pass --checkout DIR")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(requested: int | None, previous: int | None) -> int:
+    """The requested port (it must be free), else the previous one or 4200 when free, else any free port."""
+    if requested is not None:
+        if not port_free(requested):
+            raise ServeError(f"port {requested} on {HOST} is in use; pick another with --port")
+        return requested
+    for port in (previous, DEFAULT_PORT):
+        if port and port_free(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def api_request(api_url: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
+    """GET (or, with a `body`, POST) one Prefect REST endpoint; the decoded JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{api_url}{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null")
+
+
+def healthy(api_url: str, home: Path | None = None) -> bool:
+    """The server at `api_url` answers /health and, given `home`, is the one whose PREFECT_HOME that is."""
+    try:
+        if api_request(api_url, "/health", timeout=2.0) is not True:
+            return False
+        return home is None or api_request(api_url, "/admin/settings").get("home") == str(home)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _answers(api_url: str, home: Path, within: float = 10.0) -> bool:
+    """healthy(), allowing a busy server a few tries."""
+    deadline = time.monotonic() + within
+    while not healthy(api_url, home):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1.0)
+    return True
+
+
+def worker_online(api_url: str, since: float) -> bool:
+    """True once the pool lists our worker as online with a heartbeat sent after `since` (epoch seconds)."""
+    try:
+        workers = api_request(api_url, f"/work_pools/{POOL}/workers/filter", {})
+    except (OSError, ValueError):
+        return False  # 404 until the worker has created the pool
+    for worker in workers:
+        beat = worker.get("last_heartbeat_time")
+        if worker.get("name") == WORKER_NAME and worker.get("status") == "ONLINE" and beat:
+            when = datetime.fromisoformat(beat.replace("Z", "+00:00"))
+            if when.replace(tzinfo=when.tzinfo or timezone.utc).timestamp() >= since - 1:
+                return True
+    return False
+
+
+def service_env(paths: ServePaths, api_url: str, checkout: Path) -> dict[str, str]:
+    """The environment of every process started here: this one's, pointed at the local server, telemetry off.
+
+    ELMREC_MIRROR, ELMREC_MODEL_MIRROR and any PREFECT_* setting of the caller pass through to the flow runs.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_PROFILE", "PREFECT_API_KEY")}
+    env.update({
+        "PREFECT_HOME": str(paths.home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{paths.db}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the server's usage reports; the SDK asks the server
+        "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+        "DO_NOT_TRACK": "true",  # the Prefect SDK's and MLflow's client-side telemetry
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "ELMREC_WORKDIR": str(paths.workdir),  # flow runs write where `serve` was pointed
+        "ELMREC_CHECKOUT": str(checkout),  # the pull step of prefect.yaml, read at deploy time
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),  # this venv first
+    })
+    env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "elmrec")
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")  # a local server is cheap to poll
+    return env
+
+
+def _prefect(*args: str) -> list[str]:
+    return [sys.executable, "-m", "prefect", *args]
+
+
+def _tail(log: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def _log_to(log: Path, command: list[str]) -> Iterator[BinaryIO]:
+    """`log` opened for appending, headed by the time and the command about to write to it."""
+    with log.open("ab") as out:
+        out.write(f"\n--- {datetime.now().isoformat(timespec='seconds')} {shlex.join(command)}\n".encode())
+        out.flush()
+        yield out
+
+
+def spawn(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start `command` detached: a new session (it survives this shell), stdin closed, output appended to `log`."""
+    with _log_to(log, command) as out:
+        return subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str, log: Path,
+             timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and not ready():
+        if time.monotonic() > deadline:
+            raise ServeError(f"{what} did not come up within {timeout:.0f}s; see {log}:\n{_tail(log)}")
+        time.sleep(0.3)
+    if process.returncode is not None:
+        raise ServeError(f"{what} exited with code {process.returncode}; see {log}:\n{_tail(log)}")
+
+
+def deploy(env: dict[str, str], checkout: Path, log: Path, timeout: float) -> None:
+    """Every deployment of the checkout's prefect.yaml (their work pool must exist: the worker creates it)."""
+    command = _prefect("--no-prompt", "deploy", "--all")
+    with _log_to(log, command) as out:
+        done = subprocess.run(command, env=env, cwd=checkout, stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise ServeError(f"`prefect deploy --all` failed in {checkout}; see {log}:\n{_tail(log)}")
+
+
+@contextmanager
+def _locked(paths: ServePaths) -> Iterator[None]:
+    """One `serve` or `stop` at a time per work dir."""
+    import fcntl  # POSIX, like the process sessions this module manages
+
+    paths.home.mkdir(parents=True, exist_ok=True)
+    with paths.lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def serve(workdir: Path, port: int | None = None, checkout: Path | None = None,
+          timeout: float = 180.0) -> tuple[ServeState, list[str]]:
+    """Bring up whatever is not running; the state, and what was started ([] when everything was up)."""
+    paths = ServePaths.under(workdir)
+    with _locked(paths):
+        state = ServeState.load(paths.state)
+        if state and state.server.alive() and _answers(state.api_url, paths.home):
+            if state.worker and state.worker.alive():
+                return state, []
+            env = service_env(paths, state.api_url, Path(state.checkout))
+            state = replace(state, worker=_start_worker(paths, env, state.api_url, Path(state.checkout), timeout))
+            state.save(paths.state)
+            return state, ["worker"]
+        if state:  # what is left of an earlier start: end it before starting afresh
+            _end([p for p in (state.worker, state.server) if p])
+        chosen = choose_port(port, state.port if state else None)
+        api_url = f"http://{HOST}:{chosen}/api"
+        project = (checkout or (Path(state.checkout) if state else None) or default_checkout()).resolve()
+        env = service_env(paths, api_url, project)
+        server = spawn(_prefect("server", "start", "--host", HOST, "--port", str(chosen), "--analytics-off"),
+                       env, paths.server_log, project)
+        state = ServeState(chosen, api_url, str(project), Proc.of(server.pid))
+        state.save(paths.state)  # recorded at once: `elmrec stop` can end it whatever happens next
+        try:
+            wait_for(lambda: healthy(api_url, paths.home), server, "the Prefect server", paths.server_log, timeout)
+            state = replace(state, worker=_start_worker(paths, env, api_url, project, timeout))
+            state.save(paths.state)
+            deploy(env, project, paths.deploy_log, timeout)
+        except BaseException:
+            _end([p for p in (state.worker, state.server) if p])
+            paths.state.unlink(missing_ok=True)
+            raise
+        paths.env_file.write_text(f"export PREFECT_API_URL={api_url}\n")
+        return state, ["server", "worker"]
+
+
+def _start_worker(paths: ServePaths, env: dict[str, str], api_url: str, checkout: Path, timeout: float) -> Proc:
+    since = time.time()
+    command = _prefect("worker", "start", "--pool", POOL, "--type", "process", "--name", WORKER_NAME)
+    worker = spawn(command, env, paths.worker_log, checkout)
+    proc = Proc.of(worker.pid)
+    try:
+        wait_for(lambda: worker_online(api_url, since), worker, "the worker", paths.worker_log, timeout)
+    except BaseException:
+        _end([proc])
+        raise
+    return proc
+
+
+def _end(procs: list[Proc], timeout: float = 20.0) -> list[int]:
+    """SIGTERM each live process's group (each leads its session), SIGKILL what outlives `timeout`; their pids."""
+    live = [p for p in procs if p.alive()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in live:
+            try:
+                if os.getpgid(proc.pid) == proc.pid:
+                    os.killpg(proc.pid, sig)
+                else:
+                    os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while any(p.alive() for p in live) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not any(p.alive() for p in live):
+            break
+    return [p.pid for p in live]
+
+
+def stop(workdir: Path, timeout: float = 20.0) -> list[int]:
+    """End the recorded worker, then the server; the pids that were running. Removes serve.json."""
+    paths = ServePaths.under(workdir)
+    with _locked(paths):
+        state = ServeState.load(paths.state)
+        if state is None:
+            return []
+        ended = _end([state.worker], timeout) if state.worker else []
+        ended += _end([state.server], timeout)
+        paths.state.unlink(missing_ok=True)
+        paths.env_file.unlink(missing_ok=True)
+        return ended
+
+
+def mlflow_ui(tracking_uri: str, workdir: Path, port: int) -> NoReturn:
+    """Become `mlflow ui` on the given store (exec: Ctrl+C and signals reach MLflow itself); never returns."""
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", HOST,
+               "--port", str(port), "--workers", "1", "--artifacts-destination", str(workdir / "mlartifacts")]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runners: 7 processes, unused here
+    print(f"MLflow UI on {tracking_uri}: http://{HOST}:{port}  (Ctrl+C stops it)", flush=True)
+    os.execve(sys.executable, command, env)
+
+
+# ---- the command line: `elmrec serve | stop | ui` (elmrec/cli.py adds these parsers and dispatches here) ----
+
+COMMANDS = ("serve", "stop", "ui")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    workdir_help = "the work dir (default: $ELMREC_WORKDIR or ./work); state in <workdir>/prefect/"
+    up = commands.add_parser("serve", help="start a local Prefect server, work pool, deployments and worker")
+    up.add_argument("--workdir", help=workdir_help)
+    up.add_argument("--port", type=int, help=f"server port (default: {DEFAULT_PORT} if free, else a free one)")
+    up.add_argument("--checkout", help="the project folder holding prefect.yaml (default: this checkout)")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each service (default: 180)")
+    down = commands.add_parser("stop", help="end the server and worker `elmrec serve` started")
+    down.add_argument("--workdir", help=workdir_help)
+    ui = commands.add_parser("ui", help="open the MLflow UI on the work dir's tracking store")
+    ui.add_argument("--workdir", help=workdir_help)
+    ui.add_argument("--port", type=int, default=5000, help="UI port (default: 5000)")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = settings_for("paper", {"workdir": args.workdir} if args.workdir else {})
+    paths = ServePaths.under(settings.workdir)
+    if args.command == "ui":
+        mlflow_ui(settings.resolved_tracking_uri(), settings.workdir, args.port)
+    if args.command == "stop":
+        ended = stop(settings.workdir)
+        print(f"elmrec: stopped pids {', '.join(map(str, ended))}" if ended else
+              f"elmrec: nothing running was recorded in {paths.state}")
+        return 0
+    try:
+        state, started = serve(settings.workdir, args.port, Path(args.checkout) if args.checkout else None,
+                               args.timeout)
+    except ServeError as error:
+        print(f"elmrec serve: {error}", file=sys.stderr)
+        return 1
+    what = f"started the {' and the '.join(started)}" if started else "already running"
+    workdir_option = f" --workdir {shlex.quote(args.workdir)}" if args.workdir else ""
+    print(f"elmrec: {what}: Prefect server {state.api_url.removesuffix('/api')} (pid {state.server.pid}), "
+          f"worker on pool {POOL} (pid {state.worker.pid if state.worker else '-'})\n"
+          f"  state {paths.state} · logs {paths.home}/{{server,worker,deploy}}.log\n"
+          f"in your shell (or: source {paths.env_file}):\n"
+          f"  export PREFECT_API_URL={state.api_url}\n"
+          f"  prefect deployment run elmrec/demo --watch\n"
+          f"stop it with: elmrec stop{workdir_option}")
+    return 0

@@ -1,0 +1,330 @@
+"""Training: multitask fine-tuning of ELMRec, validation loss every epoch, early stopping, exact resume.
+
+Every epoch, for each task of `settings.train.tasks`:
+    prompts = sequential_epoch / direct_epoch    rng = default_rng([seed, epoch, task, STREAM_PROMPTS])
+    encoded = encode(prompts)                   one batched tokenizer call per task and epoch
+    batches = bucketed_batches(encoded.lengths)  rng = default_rng([seed, epoch, task, STREAM_BATCHES])
+then batches alternate between tasks (seq, direct, seq, direct, ..., then the rest of the longer list).
+Dropout draws from torch.manual_seed(f(seed, epoch)). So an epoch depends only on the weights and optimizer
+state it starts from, and a run resumed from `last/` repeats an uninterrupted one exactly. The next epoch's
+prompts are tokenized in a background thread while this epoch trains.
+
+Validation: the bare valid-split prompts of the first `valid_users` users, encoded once. A task's loss is the
+mean over prompts of the mean loss of the prompt's target tokens; the criterion is the mean over tasks.
+The best epoch's model is saved to `checkpoint/` (ELMRec.save); training stops after `patience` epochs
+without a lower validation loss, or after `max_epochs`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from elmrec.checkpoint import TrainState, fingerprint, load_last, save_last
+from elmrec.config import Settings, Task
+from elmrec.data import schemas
+from elmrec.graph import load_adjacency
+from elmrec.model import ELMRec, load_t5, load_tokenizer
+from elmrec.paths import RunPaths, WorkPaths, atomic_path
+from elmrec.prompts import Prompt, direct_epoch, direct_eval, sequential_epoch, sequential_eval
+from elmrec.wholeword import IGNORE_INDEX, Encoded, bucketed_batches, collate, encode
+
+log = logging.getLogger(__name__)
+
+TASK_STREAM = {Task.SEQUENTIAL: 0, Task.DIRECT: 1}  # fixed per task: reordering settings.train.tasks changes nothing
+STREAM_PROMPTS, STREAM_BATCHES, STREAM_TORCH = 0, 1, 2  # independent random streams of one (seed, epoch, task)
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What training reads from the preprocess and graph stages."""
+
+    histories: pl.DataFrame  # user, items (full chronological history; train = items[:-2])
+    candidates: pl.DataFrame  # user, split, target, candidates
+    n_users: int
+    n_items: int
+    adjacency: sp.csr_matrix  # Â, (U+I+1, U+I+1)
+
+    @classmethod
+    def load(cls, paths: WorkPaths) -> TrainData:
+        stats = json.loads(paths.data.stats.read_text())
+        return cls(schemas.read(paths.data.histories, schemas.HISTORIES),
+                   schemas.read(paths.data.candidates, schemas.CANDIDATES),
+                   int(stats["n_users"]), int(stats["n_items"]), load_adjacency(paths.graph))
+
+
+@dataclass(frozen=True)
+class Device:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype; None = full fp32
+
+    @classmethod
+    def resolve(cls, name: str) -> Device:
+        """auto: CUDA with bf16 autocast when available, else CPU fp32."""
+        if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+            if not torch.cuda.is_available():
+                raise RuntimeError("train.device is 'cuda' but CUDA is not available")
+            return cls(torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
+        return cls(torch.device("cpu"), None)
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def put(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def describe(self) -> str:
+        return f"{self.device.type} ({'fp32' if self.amp_dtype is None else 'bf16 autocast'})"
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float  # mean over tasks of the mean batch loss
+    valid_loss: float  # mean over tasks of the mean prompt loss: the early-stopping criterion
+    train_losses: dict[str, float]  # per task
+    valid_losses: dict[str, float]  # per task
+    samples: int  # training prompts seen
+    seconds: float  # training wall time (batches only; excludes validation and saving)
+    samples_per_s: float
+    best: bool  # the best validation loss so far: this epoch's model is checkpoint/
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    history: list[EpochRecord]
+    best_epoch: int
+    best_valid_loss: float
+    pretrained: bool
+    device: str
+    stopped_early: bool
+    run: RunPaths
+
+
+@dataclass(frozen=True)
+class TaskEpoch:
+    """One task's encoded prompts of one epoch and its batches (index arrays into `encoded`)."""
+
+    task: Task
+    encoded: Encoded
+    batches: list[np.ndarray]
+
+
+# ---------------------------------------------------------------- prompts and batches
+
+
+def epoch_prompts(task: Task, data: TrainData, settings: Settings, epoch: int) -> list[Prompt]:
+    """The training prompts of one task in one epoch (a pure function of seed, epoch and task)."""
+    rng = np.random.default_rng([settings.seed, epoch, TASK_STREAM[task], STREAM_PROMPTS])
+    if task is Task.SEQUENTIAL:
+        return sequential_epoch(data.histories, rng, settings.train.max_history)
+    return direct_epoch(data.histories, data.n_items, rng, settings.data.n_negatives)
+
+
+def valid_prompts(task: Task, data: TrainData, settings: Settings) -> list[Prompt]:
+    """Fixed bare valid-split prompts of the first `valid_users` users."""
+    users = data.histories["user"].head(settings.train.valid_users or len(data.histories))
+    if task is Task.SEQUENTIAL:
+        return sequential_eval(data.histories.filter(pl.col("user").is_in(users.implode())), "valid",
+                               settings.train.max_history)
+    return direct_eval(data.candidates.filter(pl.col("user").is_in(users.implode())), "valid")
+
+
+def encode_for(model: ELMRec, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], task: Task) -> Encoded:
+    """Tokenize prompts with the ww ids `model` expects for `task`, checked against its table size."""
+    mode = model.ww_mode(task)
+    table = model.incremental_table if mode == "order" else model.node_table
+    return encode(tokenizer, prompts, mode, n_users=model.n_users,
+                  table_size=None if table is None else table.num_embeddings)
+
+
+def build_epoch(model: ELMRec, tokenizer: PreTrainedTokenizerBase, data: TrainData, settings: Settings,
+                epoch: int) -> list[TaskEpoch]:
+    parts = []
+    for task in model.tasks:
+        encoded = encode_for(model, tokenizer, epoch_prompts(task, data, settings, epoch), task)
+        rng = np.random.default_rng([settings.seed, epoch, TASK_STREAM[task], STREAM_BATCHES])
+        parts.append(TaskEpoch(task, encoded, bucketed_batches(encoded.lengths, settings.train.batch_size, rng)))
+    return parts
+
+
+def interleave(parts: list[TaskEpoch]) -> list[tuple[TaskEpoch, np.ndarray]]:
+    """Batches alternating between tasks in order, then the rest of the longer lists."""
+    longest = max((len(p.batches) for p in parts), default=0)
+    return [(p, p.batches[i]) for i in range(longest) for p in parts if i < len(p.batches)]
+
+
+# ---------------------------------------------------------------- steps
+
+
+def build_model(settings: Settings, data: TrainData, device: Device) -> tuple[ELMRec, bool]:
+    """(model in train mode on the device, pretrained); initialisation seeded by settings.seed."""
+    torch.manual_seed(settings.seed)
+    t5, pretrained = load_t5(settings.model)
+    model = ELMRec(t5, settings.model, data.n_users, data.n_items, data.adjacency, settings.train.tasks)
+    return model.to(device.device).train(), pretrained
+
+
+def make_optimizer(model: ELMRec, settings: Settings) -> torch.optim.AdamW:
+    """AdamW (torch defaults besides lr: weight decay 0.01); the fused kernel (CPU and CUDA) is the fastest."""
+    return torch.optim.AdamW(model.parameters(), lr=settings.train.lr, fused=True)
+
+
+def train_step(model: ELMRec, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], task: Task,
+               device: Device) -> torch.Tensor:
+    """One optimizer step on one batch; returns the (detached) mean token loss."""
+    with device.autocast():
+        loss = model(batch["input_ids"], batch["ww_ids"], batch["attention_mask"], task, labels=batch["labels"]).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()  # no clipping, no schedule: as the authors' code
+    return loss.detach()
+
+
+@torch.no_grad()
+def validation_losses(model: ELMRec, valid: dict[Task, Encoded], batch_size: int, device: Device) -> dict[str, float]:
+    """Per task: mean over prompts of the prompt's mean target-token cross-entropy (independent of batching)."""
+    model.eval()
+    if model.node_table is not None:  # fused AdamW leaves version counters alone: make ELMRec's cache of the
+        with torch.no_grad():  # propagated table (keyed by the table's version) miss; x * 1 == x exactly
+            model.node_table.weight.mul_(1.0)
+    losses = {}
+    for task, encoded in valid.items():
+        order = np.argsort(encoded.lengths, kind="stable")  # similar lengths together: less padding
+        per_prompt = []
+        for begin in range(0, len(order), batch_size):
+            batch = device.put(collate(encoded, order[begin:begin + batch_size]))
+            labels = batch["labels"]  # (B, T)
+            with device.autocast():
+                logits = model(batch["input_ids"], batch["ww_ids"], batch["attention_mask"], task, labels=labels).logits
+            tokens = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                     reduction="none")  # (B, T)
+            per_prompt.append(tokens.sum(1) / (labels != IGNORE_INDEX).sum(1))
+        losses[task.value] = float(torch.cat(per_prompt).mean()) if per_prompt else math.nan
+    model.train()
+    return losses
+
+
+def run_epoch(model: ELMRec, optimizer: torch.optim.Optimizer, parts: list[TaskEpoch], settings: Settings,
+              epoch: int, device: Device) -> tuple[dict[str, float], int, float]:
+    """Train one epoch: (mean batch loss per task, samples, seconds)."""
+    torch.manual_seed(int(np.random.default_rng([settings.seed, epoch, STREAM_TORCH]).integers(2**62)))
+    order = interleave(parts)
+    losses: dict[Task, list[torch.Tensor]] = {p.task: [] for p in parts}
+    samples, start = 0, time.perf_counter()
+    with tqdm(order, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None) as bar:
+        for step, (part, rows) in enumerate(bar):
+            loss = train_step(model, optimizer, device.put(collate(part.encoded, rows)), part.task, device)
+            losses[part.task].append(loss)
+            samples += len(rows)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", task=part.task.value)
+    means = {t.value: float(torch.stack(v).float().mean()) if v else math.nan for t, v in losses.items()}
+    if not all(math.isfinite(v) for v in means.values()):
+        raise FloatingPointError(f"epoch {epoch}: training loss is not finite ({means}); lower train.lr")
+    return means, samples, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def write_history(run: RunPaths, state: TrainState, device: Device, settings: Settings, finished: bool) -> None:
+    seconds = sum(r["seconds"] for r in state.history)
+    summary = {"epochs": state.history, "best_epoch": state.best_epoch, "best_valid_loss": state.best_valid_loss,
+               "pretrained": state.pretrained, "device": device.describe(), "finished": finished,
+               "stopped_early": finished and state.epoch < settings.train.max_epochs,
+               "samples_per_s": sum(r["samples"] for r in state.history) / seconds if seconds else 0.0,
+               "max_epochs": settings.train.max_epochs, "patience": settings.train.patience}
+    with atomic_path(run.history) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def train(settings: Settings, paths: WorkPaths, resume: bool = False,
+          on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
+    """Train until early stopping or max_epochs; resume=True continues from last/ if it exists.
+
+    Writes checkpoint/ (best model), last/ (resume state) and history.json under paths.run(settings).
+    `on_epoch` is called after each newly trained epoch, once its outputs are on disk.
+    """
+    unsupported = [t.value for t in settings.train.tasks if t not in TASK_STREAM]
+    if unsupported:
+        raise ValueError(f"training supports the tasks {[t.value for t in TASK_STREAM]}, not {unsupported}")
+    run, cfg = paths.run(settings), settings.train
+    data = TrainData.load(paths)
+    device = Device.resolve(cfg.device)
+    model, pretrained = build_model(settings, data, device)
+    optimizer = make_optimizer(model, settings)
+    state = TrainState(fingerprint(settings), pretrained)
+    if resume and run.last.is_dir():
+        state = load_last(run.last, model, optimizer, state.fingerprint)
+        log.info("resuming %s after epoch %d (best epoch %d)", run.root, state.epoch, state.best_epoch)
+    elif run.last.is_dir():
+        log.info("%s holds an earlier run; starting afresh (resume=False)", run.root)
+    log.info("training %s on %s: %d users, %d items, tasks %s, pretrained T5: %s", run.root.name,
+             device.describe(), data.n_users, data.n_items, [t.value for t in model.tasks], state.pretrained)
+    if not state.done(cfg.max_epochs, cfg.patience):
+        fit(model, optimizer, load_tokenizer(settings.model), data, settings, state, run, device, on_epoch)
+    write_history(run, state, device, settings, finished=True)
+    stopped_early = state.epoch < cfg.max_epochs
+    if stopped_early:
+        log.info("early stop after epoch %d: no better validation loss for %d epochs", state.epoch, state.stale)
+    log.info("best epoch %d (valid loss %.4f) -> %s", state.best_epoch, state.best_valid_loss, run.checkpoint)
+    return TrainResult([EpochRecord(**r) for r in state.history], state.best_epoch, state.best_valid_loss,
+                       state.pretrained, device.describe(), stopped_early, run)
+
+
+def fit(model: ELMRec, optimizer: torch.optim.Optimizer, tokenizer: PreTrainedTokenizerBase, data: TrainData,
+        settings: Settings, state: TrainState, run: RunPaths, device: Device,
+        on_epoch: Callable[[EpochRecord], None] | None) -> None:
+    """The epoch loop from state.epoch + 1; the next epoch's prompts are encoded while this one trains."""
+    cfg = settings.train
+    valid = {task: encode_for(model, tokenizer, valid_prompts(task, data, settings), task) for task in model.tasks}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="elmrec-encode") as encoder:
+        # From here on only this worker thread uses the tokenizer (fast tokenizers are not re-entrant).
+        pending: Future[list[TaskEpoch]] | None = None
+        try:
+            while not state.done(cfg.max_epochs, cfg.patience):
+                epoch = state.epoch + 1
+                parts = (pending or encoder.submit(build_epoch, model, tokenizer, data, settings, epoch)).result()
+                pending = (encoder.submit(build_epoch, model, tokenizer, data, settings, epoch + 1)
+                           if epoch < cfg.max_epochs else None)
+                train_losses, samples, seconds = run_epoch(model, optimizer, parts, settings, epoch, device)
+                valid_losses = validation_losses(model, valid, cfg.batch_size, device)
+                valid_loss = float(np.mean(list(valid_losses.values())))
+                best = state.update(epoch, valid_loss)
+                record = EpochRecord(epoch, float(np.mean(list(train_losses.values()))), valid_loss, train_losses,
+                                     valid_losses, samples, seconds, samples / seconds if seconds else 0.0, best)
+                state.history.append(asdict(record))
+                if best:
+                    model.save(run.checkpoint)
+                save_last(run.last, model, optimizer, state)
+                write_history(run, state, device, settings, finished=state.done(cfg.max_epochs, cfg.patience))
+                log.info("epoch %d: train %.4f %s, valid %.4f %s%s, %.1f samples/s", epoch, record.train_loss,
+                         _fmt(train_losses), valid_loss, _fmt(valid_losses), " (best)" if best else "",
+                         record.samples_per_s)
+                if on_epoch is not None:
+                    on_epoch(record)
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+
+def _fmt(losses: dict[str, float]) -> str:
+    return "(" + ", ".join(f"{task} {value:.4f}" for task, value in losses.items()) + ")"

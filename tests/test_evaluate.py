@@ -1,0 +1,279 @@
+"""The evaluate stage end to end on tiny synthetic data: a tiny random ELMRec checkpoint, the real t5-small
+tokenizer (through the model mirror), hand-computed popularity baselines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from elmrec import tracking
+from elmrec.config import Settings, settings_for
+from elmrec.data import schemas
+from elmrec.data.download import download
+from elmrec.data.preprocess import preprocess
+from elmrec.evaluate import PREDICTIONS, evaluate_baselines, evaluate_model
+from elmrec.graph import build_graph, load_adjacency
+from elmrec.model import ELMRec, load_t5
+from elmrec.paths import WorkPaths
+from tasks import evaluate as tasks_evaluate
+from tests.conftest import SHARED, T5_SMALL, write_p5
+
+pytestmark = pytest.mark.skipif(not (T5_SMALL / "spiece.model").is_file(), reason="needs ../shared/t5-small")
+
+HISTORIES = {1: [1, 2, 3, 4, 5], 2: [2, 6, 7, 1], 3: [8, 3, 2, 6, 4, 1], 4: [5, 7, 8]}
+TINY = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads; on a loaded CPU the threads stall waiting for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_settings(workdir: Path, raw: Path, n_negatives: int = 99, **eval_overrides) -> Settings:
+    return settings_for("paper", {
+        "workdir": str(workdir),
+        "data": {"dataset": "tiny", "source": "local", "path": str(raw), "n_negatives": n_negatives},
+        "model": {"model_name": "t5-small", "model_mirror": str(SHARED), "reduced": TINY, "alpha": 2.0,
+                  "sigma": 0.5, "n_layers": 2, "prompt_num": 2},
+        "train": {"device": "cpu"},
+        "eval": {"direct_beams": 10, "sequential_beams": 10, "rerank_n": 2, "batch_size": 3, **eval_overrides},
+    })  # fmt: skip
+
+
+def prepare_data(settings: Settings) -> WorkPaths:
+    paths = WorkPaths.from_settings(settings)
+    download(settings.data, paths.raw, None)
+    preprocess(settings.data, settings.seed, paths.raw, paths.data)
+    build_graph(paths.data, paths.graph)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, WorkPaths]:
+    """Data stages on 4 users x 150 items, and a tiny random ELMRec saved where the train stage would put it."""
+    root = tmp_path_factory.mktemp("evaluate")
+    settings = make_settings(root / "work", write_p5(root / "raw", HISTORIES, n_items=150))
+    paths = prepare_data(settings)
+    torch.manual_seed(0)
+    t5, _ = load_t5(settings.model)
+    model = ELMRec(t5, settings.model, 4, 150, load_adjacency(paths.graph), settings.train.tasks)
+    model.save(paths.run(settings).checkpoint)
+    return settings, paths
+
+
+def with_eval(settings: Settings, **values) -> Settings:
+    return settings.model_copy(update={"eval": settings.eval.model_copy(update=values)})
+
+
+def before_target(split: str) -> dict[int, set[int]]:
+    drop = 2 if split == "valid" else 1
+    return {u: set(items[: len(items) - drop]) for u, items in HISTORIES.items()}
+
+
+def read_predictions(folder: Path, name: str) -> pl.DataFrame:
+    frame = pl.read_parquet(folder / f"predictions_{name}.parquet")
+    assert frame.schema == PREDICTIONS
+    return frame
+
+
+def stored_candidates(paths: WorkPaths, split: str) -> dict[int, list[int]]:
+    frame = pl.read_parquet(paths.data.candidates).filter(pl.col("split") == split)
+    return dict(zip(frame["user"].to_list(), frame["candidates"].to_list()))
+
+
+def test_model_metrics_and_predictions_on_test_split(trained) -> None:
+    settings, paths = trained
+    metrics = evaluate_model(settings, paths, progress=False)
+    folder = paths.run(settings).evaluation(settings.eval, "test")
+    assert json.loads((folder / "metrics.json").read_text()) == metrics
+    assert set(metrics) == {"sequential", "direct"}
+    for task, mode in (("direct", "score"), ("sequential", "constrained")):
+        values = metrics[task]
+        assert {"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "invalid_rate", "coverage@10"} <= set(values)
+        assert values["n_users"] == 4 and values["mode"] == mode and values["invalid_rate"] == 0.0
+        assert 0.0 < values["coverage@10"] <= 40 / 150
+
+    direct = read_predictions(folder, "direct")
+    candidates = stored_candidates(paths, "test")
+    for (user,), rows in direct.group_by("user"):
+        assert sorted(rows["item"].to_list()) == sorted(candidates[user])  # score mode: exactly the candidates
+        assert rows["rank"].to_list() == list(range(1, 101)) and rows["score"].is_sorted(descending=True)
+
+    sequential = read_predictions(folder, "sequential")
+    history = before_target("test")
+    assert sequential.height == 4 * settings.eval.top_n
+    for (user,), rows in sequential.group_by("user"):
+        items = set(rows["item"].to_list())
+        assert len(items) == settings.eval.top_n and items <= set(range(1, 151)) and not items & history[user]
+
+    # metrics agree with the predictions against the last items
+    ranks = [rows.filter(pl.col("item") == HISTORIES[user][-1])["rank"].to_list() or [0]
+             for (user,), rows in direct.group_by("user", maintain_order=True)]
+    assert metrics["direct"]["hr@10"] == np.mean([1 <= r[0] <= 10 for r in ranks])
+
+
+def test_rerun_gives_byte_identical_metrics(trained) -> None:
+    settings, paths = trained
+    file = paths.run(settings).evaluation(settings.eval, "test") / "metrics.json"
+    evaluate_model(settings, paths, progress=False)
+    first = file.read_bytes()
+    evaluate_model(settings, paths, progress=False)
+    assert file.read_bytes() == first
+
+
+def test_validation_split_uses_second_last_item_and_valid_candidates(trained) -> None:
+    settings, paths = trained
+    valid = with_eval(settings, split="valid", max_users=3)
+    metrics = evaluate_model(valid, paths, progress=False)
+    folder = paths.run(valid).evaluation(valid.eval, "valid")
+    assert folder.name == "valid" and (folder / "metrics.json").is_file()
+    assert metrics["direct"]["n_users"] == metrics["sequential"]["n_users"] == 3
+
+    direct = read_predictions(folder, "direct")
+    candidates = stored_candidates(paths, "valid")
+    ranks = []
+    for (user,), rows in direct.group_by("user", maintain_order=True):
+        assert sorted(rows["item"].to_list()) == sorted(candidates[user])
+        ranks.append(rows.filter(pl.col("item") == HISTORIES[user][-2])["rank"].item())  # the second-last item
+    assert sorted(direct["user"].unique().to_list()) == [1, 2, 3]
+    assert metrics["direct"]["ndcg@10"] == pytest.approx(np.mean([1 / math.log2(r + 1) if r <= 10 else 0 for r in ranks]))
+
+    history = before_target("valid")
+    for (user,), rows in read_predictions(folder, "sequential").group_by("user"):
+        assert not set(rows["item"].to_list()) & history[user]
+
+
+def test_paper_modes_count_invalid_outputs(trained) -> None:
+    settings, paths = trained
+    paper = with_eval(settings, direct_mode="beam", sequential_mode="rerank", max_users=2)
+    metrics = evaluate_model(paper, paths, progress=False)
+    assert metrics["direct"]["mode"] == "beam" and metrics["sequential"]["mode"] == "rerank"
+    folder = paths.run(paper).evaluation(paper.eval, "test")
+    direct = read_predictions(folder, "direct")
+    candidates = stored_candidates(paths, "test")
+    for (user,), rows in direct.group_by("user"):
+        assert set(rows["item"].to_list()) <= set(candidates[user]) | {-1}  # non-candidates are misses
+    assert direct.height == 2 * paper.eval.top_n
+    assert 0.0 <= metrics["direct"]["invalid_rate"] <= 1.0
+    assert metrics["direct"]["invalid_rate"] <= (direct["item"] == -1).mean()  # -1 also marks repeated items
+
+
+# ---- baselines -----------------------------------------------------------------------------------------------
+
+# 12 items; training items: u1 [1, 2, 3], u2 [2, 6], u3 [8, 3, 2, 6], u4 [5]
+# popularity: 2:3, 3:2, 6:2, 1:1, 5:1, 8:1, others 0 -> global order 2, 3, 6, 1, 5, 8, 4, 7, 9, 10, 11, 12
+HAND_CANDIDATES = {  # (user, split) -> (target, candidates): never-interacted negatives, written by hand
+    (1, "valid"): (4, [9, 4, 6, 7]), (2, "valid"): (7, [3, 10, 7, 11]),
+    (3, "valid"): (4, [5, 4, 7, 9]), (4, "valid"): (7, [1, 7, 2, 12]),
+    (1, "test"): (5, [9, 5, 6, 7]), (2, "test"): (1, [1, 3, 10, 11]),
+    (3, "test"): (1, [5, 1, 7, 9]), (4, "test"): (8, [8, 12, 11, 10]),
+}
+
+
+@pytest.fixture
+def hand_data(tmp_path: Path) -> tuple[Settings, WorkPaths]:
+    settings = make_settings(tmp_path / "work", write_p5(tmp_path / "raw", HISTORIES, n_items=12), n_negatives=3)
+    paths = prepare_data(settings)
+    rows = [{"user": u, "split": s, "target": t, "candidates": c} for (u, s), (t, c) in HAND_CANDIDATES.items()]
+    frame = schemas.conform(pl.DataFrame(rows, schema_overrides={"candidates": pl.List(pl.Int32)}), schemas.CANDIDATES)
+    frame.write_parquet(paths.data.candidates)
+    return settings, paths
+
+
+def expected(ranks: list[int]) -> dict[str, float]:
+    gain = [1 / math.log2(r + 1) for r in ranks]
+    return {"hr@1": np.mean([r <= 1 for r in ranks]), "hr@5": np.mean([r <= 5 for r in ranks]),
+            "hr@10": np.mean([r <= 10 for r in ranks]),
+            "ndcg@5": np.mean([g if r <= 5 else 0 for g, r in zip(gain, ranks)]),
+            "ndcg@10": np.mean([g if r <= 10 else 0 for g, r in zip(gain, ranks)])}
+
+
+@pytest.mark.parametrize("split, direct_ranks, sequential_ranks", [
+    # direct, test: u1 [9,5,6,7] -> 6,5,9,7: 5 at 2; u2 -> 3,1: 1 at 2; u3 [5,1,7,9]: 5 and 1 tie, stored
+    # order keeps 5 first: 1 at 2; u4 -> 8 first.
+    # sequential, test (history before the last item excluded): u1 -> 6,5: 2; u2 -> 3,1: 2; u3 -> 1: 1;
+    # u4 (5, 7 excluded) -> 2,3,6,1,8: 5.
+    ("test", [2, 2, 2, 1], [2, 2, 1, 5]),
+    # valid: direct u1 [9,4,6,7] -> 6,9,4: 3 (9, 4, 7 tie at 0: stored order); u2 [3,10,7,11] -> 3,10,7: 3;
+    # u3 [5,4,7,9] -> 5,4: 2; u4 [1,7,2,12] -> 2,1,7: 3.
+    # sequential (only training items excluded): u1 -> 6,5,8,4: 4; u2 -> 3,1,5,8,4,7: 6; u3 -> 1,5,4: 3;
+    # u4 -> 2,3,6,1,8,4,7: 7.
+    ("valid", [3, 3, 2, 3], [4, 6, 3, 7]),
+])
+def test_popularity_baseline_by_hand(hand_data, split, direct_ranks, sequential_ranks) -> None:
+    settings, paths = hand_data
+    settings = with_eval(settings, split=split)
+    metrics = evaluate_baselines(settings, paths)
+    assert json.loads((paths.baselines(settings) / "metrics.json").read_text()) == metrics
+    for task, ranks in (("direct", direct_ranks), ("sequential", sequential_ranks)):
+        got = metrics["popularity"][task]
+        assert {k: got[k] for k in expected(ranks)} == pytest.approx(expected(ranks)), task
+        assert got["n_users"] == 4 and got["invalid_rate"] == 0.0 and got["mode"] == "popularity"
+    assert metrics["popularity"]["sequential"]["coverage@10"] == pytest.approx(1.0)  # the lists cover all 12 items
+    assert set(metrics["random"]) == {"direct", "sequential"}
+    random_seq = read_predictions(paths.baselines(settings), "random_sequential")
+    history = before_target(split)
+    for (user,), rows in random_seq.group_by("user"):
+        assert not set(rows["item"].to_list()) & history[user]
+    assert evaluate_baselines(settings, paths) == metrics  # seeded
+
+
+def test_baselines_respect_max_users(hand_data) -> None:
+    settings, paths = hand_data
+    metrics = evaluate_baselines(with_eval(settings, max_users=2), paths)
+    assert metrics["popularity"]["direct"]["n_users"] == metrics["random"]["sequential"]["n_users"] == 2
+    assert metrics["popularity"]["direct"]["hr@1"] == 0.0 and metrics["popularity"]["direct"]["hr@5"] == 1.0
+
+
+# ---- Prefect tasks ---------------------------------------------------------------------------------------------
+
+
+def test_tasks_publish_prefect_tables(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task bodies (no Prefect server: the artifact call and the run logger are captured)."""
+    tables: list[dict] = []
+    monkeypatch.setattr(tasks_evaluate, "create_table_artifact", lambda table, key, description: tables.append(
+        {"table": table, "key": key}))
+    monkeypatch.setattr(tasks_evaluate, "get_run_logger", lambda: logging.getLogger("test"))
+    settings, paths = trained
+    settings = with_eval(settings, max_users=2)
+    metrics_path = tasks_evaluate.evaluate_task.fn(settings)
+    baselines_path = tasks_evaluate.baselines_task.fn(settings)
+    assert metrics_path == paths.run(settings).evaluation(settings.eval, "test") / "metrics.json"
+    assert baselines_path == paths.baselines(settings) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    assert [t["key"] for t in tables] == ["evaluate-tiny-test", "baselines-tiny-test"]
+    assert [row["task"] for row in tables[0]["table"]] == ["sequential", "direct"]
+    assert tables[0]["table"][1]["hr@10"] == round(metrics["direct"]["hr@10"], 4)
+    assert {(row["baseline"], row["task"]) for row in tables[1]["table"]} == {
+        (b, t) for b in ("popularity", "random") for t in ("sequential", "direct")}
+
+
+@pytest.mark.slow
+def test_tasks_run_under_prefect(trained) -> None:
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from tasks.evaluate import baselines_task, evaluate_task
+
+    settings = with_eval(trained[0], max_users=1)
+
+    @flow
+    def evaluate_flow() -> tuple[Path, Path]:
+        return evaluate_task(settings), baselines_task(settings)
+
+    with prefect_test_harness(server_startup_timeout=120):
+        metrics_path, baselines_path = evaluate_flow()
+    assert json.loads(metrics_path.read_text())["direct"]["n_users"] == 1
+    assert json.loads(baselines_path.read_text())["random"]["direct"]["n_users"] == 1

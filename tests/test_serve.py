@@ -1,0 +1,119 @@
+"""`elmrec serve` / `elmrec stop`: a real local Prefect server, work pool, deployments and worker, one deployment
+run of the demo on a tiny dataset, and nothing left running afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from elmrec import serve
+from tests.conftest import write_p5
+
+
+def elmrec(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "elmrec.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def services_under(home: Path) -> set[int]:
+    """Pids of the `prefect server`/`prefect worker` processes whose PREFECT_HOME is `home` (Linux /proc)."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        is_service = {b"prefect", b"server"} <= set(cmdline) or {b"prefect", b"worker"} <= set(cmdline)
+        if is_service and f"PREFECT_HOME={home}".encode() in environ:
+            found.add(int(proc.name))
+    return found
+
+
+def test_unit_port_choice_and_state_round_trip(tmp_path: Path) -> None:
+    assert serve.choose_port(None, None) > 0
+    state = serve.ServeState(4321, "http://127.0.0.1:4321/api", "/src", serve.Proc.of(os.getpid()), None)
+    state.save(tmp_path / "serve.json")
+    assert serve.ServeState.load(tmp_path / "serve.json") == state
+    assert state.server.alive() and not serve.Proc(os.getpid(), -1).alive()  # same pid, other start time
+    assert serve.stop(tmp_path / "nothing") == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="checks processes through /proc")
+def test_serve_runs_a_deployment_and_stop_ends_what_it_started(tmp_path: Path, tiny_histories) -> None:
+    workdir = tmp_path / "work"
+    home = workdir / "prefect"
+    raw = write_p5(tmp_path / "tiny", tiny_histories, n_items=150)
+    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    env.pop("ELMREC_WORKDIR", None)
+    recorded: list[serve.Proc] = []
+    try:
+        started = time.monotonic()
+        port = str(free_port())  # not 4200: another run of this test may hold it
+        first = elmrec("serve", "--workdir", str(workdir), "--port", port, env=env)
+        serve_s = time.monotonic() - started
+        assert first.returncode == 0, first.stdout + first.stderr
+        state = json.loads((home / "serve.json").read_text())
+        recorded = [serve.Proc(**state["server"]), serve.Proc(**state["worker"])]
+        api = state["api_url"]
+        assert f"export PREFECT_API_URL={api}" in first.stdout
+        assert serve.healthy(api, home) and not serve.healthy(api, tmp_path)  # it is this server
+
+        again = elmrec("serve", "--workdir", str(workdir), env=env)
+        assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
+        assert json.loads((home / "serve.json").read_text()) == state
+        assert services_under(home) == {p.pid for p in recorded}  # one server, one worker
+        workers = serve.api_request(api, f"/work_pools/{serve.POOL}/workers/filter", {})
+        assert [w["name"] for w in workers if w["status"] == "ONLINE"] == [serve.WORKER_NAME]
+        deployments = serve.api_request(api, "/deployments/filter", {})
+        assert {d["name"] for d in deployments} >= {"demo", "full"}
+
+        params = {"preset": "demo", "stages": ["download", "preprocess", "graph"],
+                  "overrides": {"data": {"source": "local", "dataset": "tiny", "path": str(raw)}}}
+        started = time.monotonic()
+        run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "elmrec/demo", "--watch",
+                              "--watch-interval", "1", "--watch-timeout", "240", "--params", json.dumps(params)],
+                             env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True, timeout=300,
+                             check=False)
+        run_s = time.monotonic() - started
+        assert run.returncode == 0, run.stdout + run.stderr + (home / "worker.log").read_text()[-3000:]
+        flow_runs = serve.api_request(api, "/flow_runs/filter", {})
+        assert [(r["state_type"], r["parameters"]["overrides"]["data"]["path"]) for r in flow_runs] == [
+            ("COMPLETED", str(raw))]
+        stats = list((workdir / "tiny").rglob("data/stats.json"))  # the worker wrote into serve's work dir
+        assert len(stats) == 1 and json.loads(stats[0].read_text())["n_users"] == 4
+        print(f"elmrec serve (cold): {serve_s:.1f}s · deployment run elmrec/demo (--watch): {run_s:.1f}s")
+    finally:
+        stopped = elmrec("stop", "--workdir", str(workdir), env=env, timeout=120)
+        serve.stop(workdir)  # a safety net, should the command above have failed
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert recorded and all(str(p.pid) in stopped.stdout for p in recorded)
+    assert not any(p.alive() for p in recorded)
+    assert services_under(home) == set() and not (home / "serve.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="checks processes through /proc")
+def test_a_failed_serve_leaves_nothing_running(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    try:
+        failed = elmrec("serve", "--workdir", str(workdir), "--port", str(free_port()), "--timeout", "1",
+                        env=dict(os.environ))
+    finally:
+        serve.stop(workdir)  # a safety net
+    assert failed.returncode == 1 and "the Prefect server did not come up within 1s" in failed.stderr, failed.stderr
+    assert services_under(workdir / "prefect") == set() and not (workdir / "prefect" / "serve.json").exists()

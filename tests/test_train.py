@@ -1,0 +1,248 @@
+"""Training on a tiny synthetic dataset with a tiny T5 (d_model 32, one layer): exact reproducibility, exact
+resume, no leakage of held-out items into training prompts, early stopping, learning, and the MLflow task."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from elmrec import train as training
+from elmrec.config import Settings, Task, settings_for
+from elmrec.data.preprocess import preprocess
+from elmrec.graph import build_graph
+from elmrec.model import TABLES_FILE, T5_DIR
+from elmrec.paths import WorkPaths
+from elmrec.train import EpochRecord, TrainData, train
+from tests.conftest import T5_SMALL, write_p5
+
+pytestmark = pytest.mark.skipif(not T5_SMALL.is_dir(), reason=f"needs the t5-small tokenizer at {T5_SMALL}")
+
+TINY = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 1, "num_decoder_layers": 1}
+N_USERS, N_ITEMS = 12, 30
+TIMING = ("seconds", "samples_per_s")  # the only fields of an EpochRecord that may differ between runs
+
+
+def synthetic_histories() -> dict[int, list[int]]:
+    """12 users, 30 items, 6-10 distinct items each (so a held-out item never reappears in the train part)."""
+    rng = np.random.default_rng(0)
+    return {u: (rng.permutation(N_ITEMS)[: 6 + u % 5] + 1).tolist() for u in range(1, N_USERS + 1)}
+
+
+def tiny_settings(workdir: Path, **train: object) -> Settings:
+    values = {"batch_size": 4, "max_epochs": 3, "patience": 5, "valid_users": None, "device": "cpu", **train}
+    return settings_for("paper", {
+        "workdir": str(workdir), "seed": 7,
+        "data": {"dataset": "tiny", "source": "local", "path": str(workdir / "tiny" / "raw"), "n_negatives": 9},
+        "model": {"model_name": str(T5_SMALL), "reduced": TINY, "alpha": 1.0, "sigma": 0.5, "n_layers": 2},
+        "train": values,
+    })
+
+
+def prepare(settings: Settings, histories: dict[int, list[int]]) -> None:
+    """The data stages on `histories`: raw P5 files, Parquet tables, graph."""
+    paths = WorkPaths.from_settings(settings)
+    write_p5(paths.raw, histories, n_items=N_ITEMS)
+    preprocess(settings.data, settings.seed, paths.raw, paths.data)
+    build_graph(paths.data, paths.graph)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny matrices gain nothing from more, and a busy machine makes them wait for a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A work dir holding the tiny dataset's raw files, Parquet tables and graph (built once per module)."""
+    workdir = tmp_path_factory.mktemp("prepared") / "work"
+    prepare(tiny_settings(workdir), synthetic_histories())
+    return workdir
+
+
+@pytest.fixture
+def workdir(prepared: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the prepared work dir: runs of one test never see those of another."""
+    return Path(shutil.copytree(prepared, tmp_path / "work"))
+
+
+def run(settings: Settings, **kwargs) -> training.TrainResult:
+    return train(settings, WorkPaths.from_settings(settings), **kwargs)
+
+
+def curve(result: training.TrainResult) -> list[dict]:
+    """Every field of every epoch record except wall-clock timings."""
+    return [{k: v for k, v in vars(r).items() if k not in TIMING} for r in result.history]
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return {**load_file(str(checkpoint / T5_DIR / "model.safetensors")), **load_file(str(checkpoint / TABLES_FILE))}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_runs_with_one_seed_give_the_same_loss_curve(workdir: Path, tmp_path: Path) -> None:
+    again = Path(shutil.copytree(workdir, tmp_path / "again"))
+    first, second = run(tiny_settings(workdir)), run(tiny_settings(again))
+    assert len(first.history) == 3 and curve(first) == curve(second)  # exact float equality
+    assert_same_weights(weights(first.run.checkpoint), weights(second.run.checkpoint))
+    assert first.history[0].samples == 2 * N_USERS  # one prompt per user and task
+    assert not first.pretrained and first.device == "cpu (fp32)"
+
+
+def test_tiny_model_overfits_tiny_dataset(tmp_path: Path) -> None:
+    # 8 users with 4 items each: every epoch's sequential prompt of a user is its first item -> its second (only the
+    # template varies). At init the loss is ~ln(32128) = 10.4 nats per target token; after 30 epochs of 8 steps
+    # (lr 1e-2) the tiny model's mean over the last 5 epochs must be below 1.5 (it is ~1.25 here; on one fixed
+    # batch, without the template changing, it goes to ~0).
+    rng = np.random.default_rng(1)
+    settings = tiny_settings(tmp_path / "work", tasks=[Task.SEQUENTIAL], lr=1e-2, batch_size=1, max_epochs=30,
+                             patience=30)
+    prepare(settings, {u: (rng.permutation(N_ITEMS)[:4] + 1).tolist() for u in range(1, 9)})
+    losses = [r.train_loss for r in run(settings).history]
+    assert losses[0] > 8.0
+    assert np.mean(losses[-5:]) < 1.5, losses
+
+
+def test_resume_equals_uninterrupted(workdir: Path, tmp_path: Path) -> None:
+    other = tiny_settings(Path(shutil.copytree(workdir, tmp_path / "interrupted")), max_epochs=4)
+    uninterrupted = run(tiny_settings(workdir, max_epochs=4))
+
+    def crash_after_epoch_2(record: EpochRecord) -> None:
+        if record.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(other, on_epoch=crash_after_epoch_2)
+    seen: list[int] = []
+    resumed = run(other, resume=True, on_epoch=lambda record: seen.append(record.epoch))
+
+    assert seen == [3, 4]  # only the missing epochs were trained
+    assert curve(resumed) == curve(uninterrupted)
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    assert_same_weights(weights(resumed.run.checkpoint), weights(uninterrupted.run.checkpoint))
+    assert_same_weights(load_file(str(resumed.run.last / "model.safetensors")),
+                        load_file(str(uninterrupted.run.last / "model.safetensors")))
+    history = json.loads(resumed.run.history.read_text())
+    assert history["finished"] and [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_other_settings(workdir: Path) -> None:
+    settings = tiny_settings(workdir, max_epochs=1)
+    run(settings)
+    state = WorkPaths.from_settings(settings).run(settings).last / "state.json"
+    values = json.loads(state.read_text())
+    state.write_text(json.dumps({**values, "fingerprint": "0" * 16}))
+    with pytest.raises(ValueError, match="other settings"):
+        run(settings, resume=True)
+
+
+def test_training_prompts_never_hold_validation_or_test_items(workdir: Path, monkeypatch) -> None:
+    histories = synthetic_histories()
+    built: list[tuple[int, list]] = []
+    original = training.epoch_prompts
+
+    def recording(task, data, settings, epoch):
+        prompts = original(task, data, settings, epoch)
+        built.append((epoch, prompts))
+        return prompts
+
+    monkeypatch.setattr(training, "epoch_prompts", recording)
+    result = run(tiny_settings(workdir, max_epochs=3))
+    assert sorted(epoch for epoch, _ in built) == [1, 1, 2, 2, 3, 3]
+    assert [r.samples for r in result.history] == [sum(len(p) for e, p in built if e == epoch) for epoch in (1, 2, 3)]
+    for _, prompts in built:
+        for prompt in prompts:
+            items = histories[prompt.user]
+            train_items, held_out = set(items[:-2]), set(items[-2:])
+            mentioned = {int(i) for i in re.findall(r"item_(\d+)", prompt.text)}
+            assert int(prompt.target) in train_items and not mentioned & held_out, prompt
+            if prompt.task is Task.SEQUENTIAL:
+                assert mentioned <= train_items and int(prompt.target) not in mentioned
+            else:  # the positive plus 9 items the user never interacted with
+                assert len(mentioned) == 10 and mentioned - {int(prompt.target)} <= set(range(1, N_ITEMS + 1)) - set(items)
+
+
+def test_early_stopping_after_patience_keeps_the_best_checkpoint(workdir: Path, tmp_path: Path, monkeypatch) -> None:
+    reference_dir = Path(shutil.copytree(workdir, tmp_path / "reference"))
+
+    def scripted(*losses: float):
+        """A stand-in for validation_losses giving every task the next scripted loss, one per epoch."""
+        remaining = iter(losses)
+
+        def validation(model, valid, batch_size, device) -> dict[str, float]:
+            loss = next(remaining)
+            return {task.value: loss for task in valid}
+        return validation
+
+    # best at epoch 2; epochs 3 and 4 do not improve (4.0 ties), so patience 2 stops after epoch 4
+    monkeypatch.setattr(training, "validation_losses", scripted(5.0, 4.0, 4.5, 4.0, 6.0, 1.0))
+    result = run(tiny_settings(workdir, max_epochs=10, patience=2))
+    assert [r.epoch for r in result.history] == [1, 2, 3, 4] and result.stopped_early
+    assert result.best_epoch == 2 and result.best_valid_loss == 4.0
+    assert [r.best for r in result.history] == [True, True, False, False]
+    history = json.loads(result.run.history.read_text())
+    assert history["best_epoch"] == 2 and history["stopped_early"]
+
+    # The checkpoint is the epoch-2 model: the same weights as a run whose best (and last) epoch is 2.
+    monkeypatch.setattr(training, "validation_losses", scripted(5.0, 4.0))
+    reference = run(tiny_settings(reference_dir, max_epochs=2, patience=2))
+    assert reference.best_epoch == 2
+    assert_same_weights(weights(result.run.checkpoint), weights(reference.run.checkpoint))
+    last = load_file(str(result.run.last / "model.safetensors"))  # epoch 4: trained on
+    assert not torch.equal(weights(result.run.checkpoint)["node_table.weight"], last["node_table.weight"])
+
+
+def test_epochs_alternate_between_tasks() -> None:
+    parts = [training.TaskEpoch(Task.SEQUENTIAL, None, [np.array([k]) for k in range(3)]),  # type: ignore[arg-type]
+             training.TaskEpoch(Task.DIRECT, None, [np.array([10 + k]) for k in range(1)])]  # type: ignore[arg-type]
+    order = [(part.task, int(rows[0])) for part, rows in training.interleave(parts)]
+    assert order == [(Task.SEQUENTIAL, 0), (Task.DIRECT, 10), (Task.SEQUENTIAL, 1), (Task.SEQUENTIAL, 2)]
+
+
+def test_validation_uses_the_first_valid_users(workdir: Path) -> None:
+    settings = tiny_settings(workdir, valid_users=5)
+    data = TrainData.load(WorkPaths.from_settings(settings))
+    for task in (Task.SEQUENTIAL, Task.DIRECT):
+        prompts = training.valid_prompts(task, data, settings)
+        assert [p.user for p in prompts] == [1, 2, 3, 4, 5]
+        assert [int(p.target) for p in prompts] == [synthetic_histories()[u][-2] for u in range(1, 6)]
+
+
+def test_recorded_variant_run_holds_the_training_curve(workdir: Path) -> None:
+    """tasks.tracking logs history.json into the variant's child run under the flow's parent run."""
+    from elmrec import tracking
+    from tasks.tracking import record_variant_task
+
+    settings = tiny_settings(workdir, max_epochs=2)
+    result = train(settings, WorkPaths.from_settings(settings))
+    parent_id = tracking.find_or_create_run(settings, "parent", {}, match={"elmrec.role": "parent"})
+    record_variant_task.fn(settings, parent_id, "elmrec")
+    history = json.loads(result.run.history.read_text())
+    (recorded,) = [r for r in tracking.find_runs(settings) if r["name"] == "elmrec"]
+    assert recorded["tags"]["mlflow.parentRunId"] == parent_id
+    assert recorded["params"]["pretrained"] == "False" and recorded["params"]["train.max_epochs"] == "2"
+    assert recorded["params"]["best_epoch"] == str(history["best_epoch"])
+    last = history["epochs"][-1]
+    for name in ("train_loss", "valid_loss", "samples_per_s"):
+        assert recorded["metrics"][name] == pytest.approx(last[name])
+    client = __import__("mlflow").MlflowClient()
+    steps = [m.step for m in client.get_metric_history(recorded["run_id"], "valid_loss")]
+    assert steps == [record["epoch"] for record in history["epochs"]]
+    artifacts = {a.path for a in client.list_artifacts(recorded["run_id"], "train")}
+    assert artifacts == {"train/history.json", "train/loss_curves.png"}

@@ -14,7 +14,6 @@ import polars as pl
 import pytest
 import torch
 
-from elmrec import tracking
 from elmrec.config import Settings, settings_for
 from elmrec.data import schemas
 from elmrec.data.download import download

@@ -32,12 +32,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers.generation import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutput
 
 from elmrec.config import EvalSettings, Task
 from elmrec.metrics import INVALID, DecodeResult, score_order
+from elmrec.progress import progress_bar
 from elmrec.trie import (
     IGNORE,
     ItemTrie,
@@ -218,7 +218,7 @@ def _run(model: Any, inputs: DecodeInputs, settings: EvalSettings, task: Task, s
     n_invalid = n_outputs = 0
     n = len(inputs) if settings.max_users is None else min(settings.max_users, len(inputs))
     try:
-        with torch.inference_mode(), tqdm(total=n, desc=name, unit="user", disable=not progress) as bar:
+        with torch.inference_mode(), progress_bar(total=n, desc=name, unit="user", disable=not progress) as bar:
             for batch in inputs.batches(settings.batch_size, settings.max_users):
                 batch = replace(batch, input_ids=batch.input_ids.to(device),
                                 attention_mask=batch.attention_mask.to(device), ww_ids=batch.ww_ids.to(device))

@@ -32,7 +32,6 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from elmrec.checkpoint import TrainState, fingerprint, load_last, save_last
@@ -41,6 +40,7 @@ from elmrec.data import schemas
 from elmrec.graph import load_adjacency
 from elmrec.model import ELMRec, load_t5, load_tokenizer
 from elmrec.paths import RunPaths, WorkPaths, atomic_path
+from elmrec.progress import progress_bar
 from elmrec.prompts import Prompt, direct_epoch, direct_eval, sequential_epoch, sequential_eval
 from elmrec.wholeword import IGNORE_INDEX, Encoded, bucketed_batches, collate, encode
 
@@ -229,7 +229,7 @@ def run_epoch(model: ELMRec, optimizer: torch.optim.Optimizer, parts: list[TaskE
     order = interleave(parts)
     losses: dict[Task, list[torch.Tensor]] = {p.task: [] for p in parts}
     samples, start = 0, time.perf_counter()
-    with tqdm(order, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None) as bar:
+    with progress_bar(order, desc=f"epoch {epoch}", unit="batch", leave=False) as bar:
         for step, (part, rows) in enumerate(bar):
             loss = train_step(model, optimizer, device.put(collate(part.encoded, rows)), part.task, device)
             losses[part.task].append(loss)

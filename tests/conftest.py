@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA_MIRROR = SHARED / "data"
@@ -28,6 +30,15 @@ def write_p5(folder: Path, histories: dict[int, list[int]], n_items: int | None 
 def tiny_histories() -> dict[int, list[int]]:
     """4 users over 8 items; user 4 has the shortest usable history (3 items)."""
     return {1: [1, 2, 3, 4, 5], 2: [2, 6, 7, 1], 3: [8, 3, 2, 6, 4, 1], 4: [5, 7, 8]}
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads; on a loaded CPU the threads stall waiting for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

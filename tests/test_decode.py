@@ -6,7 +6,6 @@ A tiny random T5 (d_model 32, one layer, the real t5-small tokenizer and vocabul
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,10 @@ from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
 from elmrec.trie import ItemTrie, ItemTrieLogitsProcessor, PrefixTree, parse_item_text
 
 T5_DIR = Path(__file__).resolve().parents[2] / "shared" / "t5-small"
-pytestmark = pytest.mark.skipif(not (T5_DIR / "spiece.model").exists(), reason="shared t5-small tokenizer missing")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads; on a loaded CPU the threads stall waiting for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [
+    pytest.mark.skipif(not (T5_DIR / "spiece.model").exists(), reason="shared t5-small tokenizer missing"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 class StandIn(nn.Module):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,13 @@ from elmrec.paths import WorkPaths
 from tasks import evaluate as tasks_evaluate
 from tests.conftest import SHARED, T5_SMALL, write_p5
 
-pytestmark = pytest.mark.skipif(not (T5_SMALL / "spiece.model").is_file(), reason="needs ../shared/t5-small")
+pytestmark = [
+    pytest.mark.skipif(not (T5_SMALL / "spiece.model").is_file(), reason="needs ../shared/t5-small"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 HISTORIES = {1: [1, 2, 3, 4, 5], 2: [2, 6, 7, 1], 3: [8, 3, 2, 6, 4, 1], 4: [5, 7, 8]}
 TINY = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads; on a loaded CPU the threads stall waiting for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_settings(workdir: Path, raw: Path, n_negatives: int = 99, **eval_overrides) -> Settings:

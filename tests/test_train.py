@@ -18,7 +18,7 @@ from elmrec import train as training
 from elmrec.config import Settings, Task, settings_for
 from elmrec.data.preprocess import preprocess
 from elmrec.graph import build_graph
-from elmrec.model import TABLES_FILE, T5_DIR
+from elmrec.model import T5_DIR, TABLES_FILE
 from elmrec.paths import WorkPaths
 from elmrec.train import EpochRecord, TrainData, train
 from tests.conftest import T5_SMALL, write_p5
@@ -92,8 +92,8 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
 
 
 def test_two_runs_with_one_seed_give_the_same_loss_curve(workdir: Path, tmp_path: Path) -> None:
@@ -175,7 +175,8 @@ def test_training_prompts_never_hold_validation_or_test_items(workdir: Path, mon
             if prompt.task is Task.SEQUENTIAL:
                 assert mentioned <= train_items and int(prompt.target) not in mentioned
             else:  # the positive plus 9 items the user never interacted with
-                assert len(mentioned) == 10 and mentioned - {int(prompt.target)} <= set(range(1, N_ITEMS + 1)) - set(items)
+                never = set(range(1, N_ITEMS + 1)) - set(items)
+                assert len(mentioned) == 10 and mentioned - {int(prompt.target)} <= never
 
 
 def test_early_stopping_after_patience_keeps_the_best_checkpoint(workdir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -10,6 +10,8 @@ export ELMREC_MIRROR ?= $(if $(wildcard ../shared/data/.),$(abspath ../shared/da
 export ELMREC_MODEL_MIRROR ?= $(if $(wildcard ../shared/t5-small/.),$(abspath ../shared))
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= elmrec
+# Passive OpenMP waits: spinning threads slow small ops badly on a busy 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 STAMP := $(VENV)/.installed
 

@@ -32,7 +32,7 @@ STATE_FILE = "state.json"
 
 
 def fingerprint(settings: Settings) -> str:
-    """A hash of everything that shapes the training trajectory; a resume with other values is refused."""
+    """A hash of everything that shapes the training trajectory; last/ of other values is not resumed from."""
     shaping = {"seed": settings.seed, "n_negatives": settings.data.n_negatives,
                "model": settings.model.model_dump(mode="json", exclude={"model_mirror"}),
                "train": settings.train.model_dump(mode="json")}
@@ -102,12 +102,13 @@ def save_last(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1) + "\n")
 
 
-def load_last(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, expected: str) -> TrainState:
-    """Load last/ into a freshly built model and its optimizer; the run's fingerprint must be `expected`."""
-    state = TrainState(**json.loads((folder / STATE_FILE).read_text()))
-    if state.fingerprint != expected:
-        raise ValueError(f"{folder} was written with other settings (fingerprint {state.fingerprint} != {expected}); "
-                         "resume with the settings of that run, or train without resume")
+def read_state(folder: Path) -> TrainState:
+    return TrainState(**json.loads((folder / STATE_FILE).read_text()))
+
+
+def load_last(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Load last/ into a freshly built model (same settings) and its optimizer; returns the run's state."""
+    state = read_state(folder)
     device = next(model.parameters()).device
     missing, unexpected = load_model(model, str(folder / MODEL_FILE), strict=True, device=str(device))
     if missing or unexpected:

@@ -161,8 +161,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A larger subset for a first comparison of variants, under 30 minutes on 2 CPU cores (ELMRec + POD).
     "mini": {
         "data": {"max_users": 3000},
-        "model": {"reduced": {"d_ff": 256}},
-        "train": {"batch_size": 32, "max_epochs": 6, "patience": 2, "valid_users": 300},
+        "model": {"reduced": {}},
+        "train": {"batch_size": 32, "max_epochs": 4, "patience": 2, "valid_users": 300},
         "eval": {"max_users": 1000},
     },
 }

@@ -205,9 +205,14 @@ class ELMRec(nn.Module):
             return "order"
         return "node"
 
+    def train(self, mode: bool = True) -> ELMRec:
+        self._cache = None  # weights may change in train mode, and in any mode switch around it
+        return super().train(mode)
+
     def node_embeddings(self) -> torch.Tensor:
         """The graph-aware ww table (N, d), row 0 zero. Recomputed when training or when grads are on;
-        cached otherwise (eval + no_grad), until the node table changes or moves."""
+        cached otherwise (eval + no_grad) until the model leaves eval mode (`train()` clears the cache: an
+        optimizer step, fused ones included, may change the table without any trace on the tensor)."""
         if self.node_table is None:
             raise ValueError(f"no node table: variant {self.settings.variant!r} with tasks {self.tasks}")
         weight = self.node_table.weight
@@ -215,8 +220,7 @@ class ELMRec(nn.Module):
             return _zero_row0(weight)
         if self.training or torch.is_grad_enabled():
             return _zero_row0(_propagate(self.adjacency, weight, self.settings.n_layers))
-        # Tensor._version counts in-place updates (optimizer steps, load_state_dict): a changed table misses.
-        key = (weight._version, weight.data_ptr(), weight.device, weight.dtype, self.adjacency.device)
+        key = (weight.data_ptr(), weight.device, weight.dtype, self.adjacency.device)  # moved or cast: recompute
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, _zero_row0(_propagate(self.adjacency, weight, self.settings.n_layers)))
         return self._cache[1]

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from elmrec.checkpoint import TrainState, fingerprint, load_last, save_last
+from elmrec.checkpoint import STATE_FILE, TrainState, fingerprint, load_last, read_state, save_last
 from elmrec.config import Settings, Task
 from elmrec.data import schemas
 from elmrec.graph import load_adjacency
@@ -202,9 +202,6 @@ def train_step(model: ELMRec, optimizer: torch.optim.Optimizer, batch: dict[str,
 def validation_losses(model: ELMRec, valid: dict[Task, Encoded], batch_size: int, device: Device) -> dict[str, float]:
     """Per task: mean over prompts of the prompt's mean target-token cross-entropy (independent of batching)."""
     model.eval()
-    if model.node_table is not None:  # fused AdamW leaves version counters alone: make ELMRec's cache of the
-        with torch.no_grad():  # propagated table (keyed by the table's version) miss; x * 1 == x exactly
-            model.node_table.weight.mul_(1.0)
     losses = {}
     for task, encoded in valid.items():
         order = np.argsort(encoded.lengths, kind="stable")  # similar lengths together: less padding
@@ -272,11 +269,15 @@ def train(settings: Settings, paths: WorkPaths, resume: bool = False,
     model, pretrained = build_model(settings, data, device)
     optimizer = make_optimizer(model, settings)
     state = TrainState(fingerprint(settings), pretrained)
-    if resume and run.last.is_dir():
-        state = load_last(run.last, model, optimizer, state.fingerprint)
+    saved = read_state(run.last) if resume and (run.last / STATE_FILE).is_file() else None
+    if saved is not None and saved.fingerprint == state.fingerprint:
+        state = load_last(run.last, model, optimizer)
         log.info("resuming %s after epoch %d (best epoch %d)", run.root, state.epoch, state.best_epoch)
+    elif saved is not None:
+        log.warning("%s was written with other settings (fingerprint %s, now %s): training afresh", run.last,
+                    saved.fingerprint, state.fingerprint)
     elif run.last.is_dir():
-        log.info("%s holds an earlier run; starting afresh (resume=False)", run.root)
+        log.info("%s holds an earlier run; training afresh (resume=False)", run.root)
     log.info("training %s on %s: %d users, %d items, tasks %s, pretrained T5: %s", run.root.name,
              device.describe(), data.n_users, data.n_items, [t.value for t in model.tasks], state.pretrained)
     if not state.done(cfg.max_epochs, cfg.patience):

@@ -26,6 +26,18 @@ def write_p5(folder: Path, histories: dict[int, list[int]], n_items: int | None 
     return folder
 
 
+TINY_T5 = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 1, "num_decoder_layers": 1}
+
+
+def tiny_pipeline(raw: Path, workdir: Path | None = None) -> dict:
+    """Overrides that run every stage in seconds: a local P5 folder, a one-layer T5, one epoch, 4 users."""
+    overrides = {"data": {"dataset": "tiny", "source": "local", "path": str(raw)},
+                 "model": {"model_mirror": str(T5_SMALL.parent), "reduced": TINY_T5},
+                 "train": {"max_epochs": 1, "batch_size": 4, "valid_users": 4},
+                 "eval": {"max_users": 4, "sequential_beams": 4, "direct_beams": 4, "top_n": 4, "rerank_n": 2}}
+    return {**overrides, "workdir": str(workdir)} if workdir else overrides
+
+
 @pytest.fixture
 def tiny_histories() -> dict[int, list[int]]:
     """4 users over 8 items; user 4 has the shortest usable history (3 items)."""

@@ -10,11 +10,7 @@ import pytest
 from elmrec import tracking
 from elmrec.config import Stage, settings_for
 from elmrec.paths import WorkPaths
-from tests.conftest import T5_SMALL, write_p5
-
-TINY_MODEL = {"model_mirror": str(T5_SMALL.parent), "reduced": {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4,
-                                                               "num_layers": 1, "num_decoder_layers": 1}}
-
+from tests.conftest import tiny_pipeline, write_p5
 
 @pytest.fixture(scope="module")
 def prefect_harness() -> Iterator[None]:
@@ -39,10 +35,7 @@ def task_states(flow_run_id: Any) -> dict[str, list[str]]:
 
 @pytest.fixture
 def overrides(tmp_path: Path, tiny_histories) -> dict[str, Any]:
-    raw = write_p5(tmp_path / "mine", tiny_histories, n_items=150)
-    return {"workdir": str(tmp_path / "work"), "data": {"dataset": "mine", "source": "local", "path": str(raw)},
-            "model": TINY_MODEL, "train": {"max_epochs": 1, "batch_size": 4, "valid_users": 4},
-            "eval": {"max_users": 4, "sequential_beams": 4, "direct_beams": 4, "top_n": 4, "rerank_n": 2}}
+    return tiny_pipeline(write_p5(tmp_path / "mine", tiny_histories, n_items=150), tmp_path / "work")
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from elmrec.config import ModelSettings, T5Size, Task
+from elmrec.graph import propagate
 from elmrec.model import ELMRec, _hub_reachable, load_t5, load_tokenizer, resolve_model_source
 
 T5_FOLDER = Path("/work/shared/t5-small")
@@ -110,13 +111,20 @@ def test_gradients_reach_unmentioned_neighbours(tiny_config):
     assert grad_norm[5] == 0 and grad_norm[0] == 0  # item 5 is 3 hops away with L=2; padding never
 
 
-def test_eval_cache_follows_table_updates(tiny_config):
-    model = make(tiny_config)
+def test_eval_cache_is_dropped_by_a_training_step(tiny_config):
+    model = make(tiny_config).eval()
     with torch.no_grad():
         first = model.node_embeddings()
-        assert model.node_embeddings() is first
-        model.node_table.weight.add_(1.0)
-        assert not torch.equal(model.node_embeddings(), first)
+        assert model.node_embeddings() is first  # eval + no grad: propagated once
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)  # fused: no trace on the tensor
+    model.node_embeddings().sum().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = model.node_embeddings()
+        expected = propagate(model.adjacency, model.node_table.weight, model.settings.n_layers)
+    assert not torch.equal(after, first) and torch.allclose(after[1:], expected[1:])
     assert model.node_embeddings().requires_grad  # grads on: recomputed, not the cache
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,13 +14,32 @@ from pathlib import Path
 
 import pytest
 
-from elmrec import serve
-from tests.conftest import write_p5
+from elmrec import serve, tracking
+from elmrec.config import settings_for
+from tests.conftest import tiny_pipeline, write_p5
 
 
 def elmrec(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "elmrec.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+def deployment_run(params: dict, api: str, env: dict[str, str], home: Path) -> str:
+    """`prefect deployment run elmrec/demo --watch` as a user types it; returns the flow-run id."""
+    run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "elmrec/demo", "--watch",
+                          "--watch-interval", "1", "--watch-timeout", "400", "--params", json.dumps(params)],
+                         env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True, timeout=450, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr + (home / "worker.log").read_text()[-3000:]
+    return re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
+
+
+def task_states(api: str, flow_run_id: str) -> dict[str, list[str]]:
+    """{task name: [state names]} of one flow run, from the server's REST API."""
+    runs = serve.api_request(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        states.setdefault(run["name"].rsplit("-", 1)[0], []).append(run["state"]["name"])
+    return states
 
 
 def free_port() -> int:
@@ -82,20 +102,31 @@ def test_serve_runs_a_deployment_and_stop_ends_what_it_started(tmp_path: Path, t
         deployments = serve.api_request(api, "/deployments/filter", {})
         assert {d["name"] for d in deployments} >= {"demo", "full"}
 
-        params = {"preset": "demo", "stages": ["download", "preprocess", "graph"],
-                  "overrides": {"data": {"source": "local", "dataset": "tiny", "path": str(raw)}}}
+        params = {"preset": "demo", "variants": ["elmrec"], "overrides": tiny_pipeline(raw)}
         started = time.monotonic()
-        run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "elmrec/demo", "--watch",
-                              "--watch-interval", "1", "--watch-timeout", "240", "--params", json.dumps(params)],
-                             env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True, timeout=300,
-                             check=False)
+        first_run = deployment_run(params, api, env, home)
         run_s = time.monotonic() - started
-        assert run.returncode == 0, run.stdout + run.stderr + (home / "worker.log").read_text()[-3000:]
         flow_runs = serve.api_request(api, "/flow_runs/filter", {})
         assert [(r["state_type"], r["parameters"]["overrides"]["data"]["path"]) for r in flow_runs] == [
             ("COMPLETED", str(raw))]
+        assert set(task_states(api, first_run)["train"]) == {"Completed"}
         stats = list((workdir / "tiny").rglob("data/stats.json"))  # the worker wrote into serve's work dir
         assert len(stats) == 1 and json.loads(stats[0].read_text())["n_users"] == 4
+
+        settings = settings_for("demo", tiny_pipeline(raw, workdir))
+        parents = tracking.find_runs(settings, "tags.`elmrec.role` = 'parent'")
+        assert [p["tags"]["prefect.flow_run_id"] for p in parents] == [first_run]
+        assert parents[0]["tags"]["prefect.deployment"] == "demo" and parents[0]["metrics"]["data.n_users"] == 4
+        children = tracking.find_runs(settings, f"tags.`mlflow.parentRunId` = '{parents[0]['run_id']}'")
+        assert sorted(c["name"] for c in children) == ["baselines", "elmrec"]
+        assert "test.direct.hr_at_10" in next(c for c in children if c["name"] == "elmrec")["metrics"]
+
+        # again, forcing evaluation: the unchanged stages come from cache
+        second_run = deployment_run({**params, "force": ["evaluate"]}, api, env, home)
+        states = task_states(api, second_run)
+        for stage in ("download", "preprocess", "graph", "train"):
+            assert states[stage] == ["Cached"], (stage, states)
+        assert states["evaluate"] == ["Completed"], states
         print(f"elmrec serve (cold): {serve_s:.1f}s · deployment run elmrec/demo (--watch): {run_s:.1f}s")
     finally:
         stopped = elmrec("stop", "--workdir", str(workdir), env=env, timeout=120)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,8 @@ from elmrec.paths import WorkPaths
 from elmrec.train import EpochRecord, TrainData, train
 from tests.conftest import T5_SMALL, write_p5
 
-pytestmark = pytest.mark.skipif(not T5_SMALL.is_dir(), reason=f"needs the t5-small tokenizer at {T5_SMALL}")
+pytestmark = [pytest.mark.skipif(not T5_SMALL.is_dir(), reason=f"needs the t5-small tokenizer at {T5_SMALL}"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py: tiny models run on one intra-op thread
 
 TINY = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 1, "num_decoder_layers": 1}
 N_USERS, N_ITEMS = 12, 30
@@ -52,15 +52,6 @@ def prepare(settings: Settings, histories: dict[int, list[int]]) -> None:
     write_p5(paths.raw, histories, n_items=N_ITEMS)
     preprocess(settings.data, settings.seed, paths.raw, paths.data)
     build_graph(paths.data, paths.graph)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny matrices gain nothing from more, and a busy machine makes them wait for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +133,15 @@ def test_resume_equals_uninterrupted(workdir: Path, tmp_path: Path) -> None:
     assert history["finished"] and [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4]
 
 
-def test_resume_refuses_other_settings(workdir: Path) -> None:
-    settings = tiny_settings(workdir, max_epochs=1)
-    run(settings)
+def test_resume_with_other_settings_trains_afresh(workdir: Path, caplog) -> None:
+    settings = tiny_settings(workdir, max_epochs=2)
+    first = run(settings)
     state = WorkPaths.from_settings(settings).run(settings).last / "state.json"
-    values = json.loads(state.read_text())
-    state.write_text(json.dumps({**values, "fingerprint": "0" * 16}))
-    with pytest.raises(ValueError, match="other settings"):
-        run(settings, resume=True)
+    state.write_text(json.dumps({**json.loads(state.read_text()), "fingerprint": "0" * 16}))
+    seen: list[int] = []
+    again = run(settings, resume=True, on_epoch=lambda record: seen.append(record.epoch))
+    assert seen == [1, 2] and curve(again) == curve(first)
+    assert "other settings" in caplog.text
 
 
 def test_training_prompts_never_hold_validation_or_test_items(workdir: Path, monkeypatch) -> None:

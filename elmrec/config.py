@@ -89,7 +89,9 @@ class TrainSettings(_Strict):
     patience: int = Field(5, ge=1)  # epochs without a better mean validation loss before stopping
     max_history: int = Field(20, ge=1)  # history items in a sequential prompt
     valid_users: int | None = Field(2000, ge=1)  # users for the validation loss; None = all
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA with bf16 autocast when available
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16 on CPU
+    #                                                      is ~1.5-2x faster on recent x86 but less exact)
 
 
 class EvalSettings(_Strict):

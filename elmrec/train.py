@@ -74,13 +74,16 @@ class Device:
     amp_dtype: torch.dtype | None  # autocast dtype; None = full fp32
 
     @classmethod
-    def resolve(cls, name: str) -> Device:
-        """auto: CUDA with bf16 autocast when available, else CPU fp32."""
+    def resolve(cls, name: str, precision: str = "auto") -> Device:
+        """auto: CUDA when available, else CPU; precision auto: bf16 autocast on CUDA (if supported), fp32 on CPU."""
         if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
             if not torch.cuda.is_available():
                 raise RuntimeError("train.device is 'cuda' but CUDA is not available")
-            return cls(torch.device("cuda"), torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
-        return cls(torch.device("cpu"), None)
+            device = torch.device("cuda")
+            bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
+        else:
+            device, bf16 = torch.device("cpu"), precision == "bf16"
+        return cls(device, torch.bfloat16 if bf16 else None)
 
     def autocast(self) -> AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -265,7 +268,7 @@ def train(settings: Settings, paths: WorkPaths, resume: bool = False,
         raise ValueError(f"training supports the tasks {[t.value for t in TASK_STREAM]}, not {unsupported}")
     run, cfg = paths.run(settings), settings.train
     data = TrainData.load(paths)
-    device = Device.resolve(cfg.device)
+    device = Device.resolve(cfg.device, cfg.precision)
     model, pretrained = build_model(settings, data, device)
     optimizer = make_optimizer(model, settings)
     state = TrainState(fingerprint(settings), pretrained)

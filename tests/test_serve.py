@@ -16,7 +16,7 @@ import pytest
 
 from elmrec import serve, tracking
 from elmrec.config import settings_for
-from tests.conftest import tiny_pipeline, write_p5
+from tests.conftest import T5_SMALL, tiny_pipeline, write_p5
 
 
 def elmrec(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -24,13 +24,24 @@ def elmrec(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.
                           timeout=timeout, check=False)
 
 
-def deployment_run(params: dict, api: str, env: dict[str, str], home: Path) -> str:
+def deployment_run(params: dict, api: str, env: dict[str, str], home: Path, expect_success: bool = True) -> str:
     """`prefect deployment run elmrec/demo --watch` as a user types it; returns the flow-run id."""
     run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "elmrec/demo", "--watch",
                           "--watch-interval", "1", "--watch-timeout", "400", "--params", json.dumps(params)],
                          env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True, timeout=450, check=False)
-    assert run.returncode == 0, run.stdout + run.stderr + (home / "worker.log").read_text()[-3000:]
+    assert (run.returncode == 0) == expect_success, run.stdout + run.stderr + (home / "worker.log").read_text()[-3000:]
     return re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
+
+
+def wait_for_state(api: str, flow_run_id: str, timeout: float = 300) -> str:
+    """The flow run's final state type, once it has one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = serve.api_request(api, f"/flow_runs/{flow_run_id}")["state"]["type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return state
+        time.sleep(1)
+    return "TIMEOUT"
 
 
 def task_states(api: str, flow_run_id: str) -> dict[str, list[str]]:
@@ -127,6 +138,23 @@ def test_serve_runs_a_deployment_and_stop_ends_what_it_started(tmp_path: Path, t
         for stage in ("download", "preprocess", "graph", "train"):
             assert states[stage] == ["Cached"], (stage, states)
         assert states["evaluate"] == ["Completed"], states
+
+        # a run that fails in training (its model mirror lacks t5-small) and is retried once the mirror is fixed
+        mirror = tmp_path / "models"
+        mirror.mkdir()
+        broken = {**params, "overrides": {**params["overrides"], "train": {**params["overrides"]["train"], "max_epochs": 2},
+                                          "model": {**params["overrides"]["model"], "model_mirror": str(mirror)}}}
+        failed = deployment_run(broken, api, env, home, expect_success=False)
+        (mirror / "t5-small").symlink_to(T5_SMALL)
+        retry = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", failed],
+                               env={**env, "PREFECT_API_URL": api}, capture_output=True, text=True, timeout=60)
+        assert retry.returncode == 0, retry.stdout + retry.stderr
+        assert wait_for_state(api, failed) == "COMPLETED", (home / "worker.log").read_text()[-3000:]
+        states = task_states(api, failed)
+        assert sorted(states["train"]) == ["Completed", "Failed"] and states["graph"] == ["Cached", "Cached"], states
+        parents = tracking.find_runs(settings, f"tags.`prefect.flow_run_id` = '{failed}'")
+        assert [(p["tags"]["elmrec.role"], p["status"]) for p in parents if p["tags"]["elmrec.role"] == "parent"] == [
+            ("parent", "FINISHED")]  # the retry attached to the first attempt's parent run
         print(f"elmrec serve (cold): {serve_s:.1f}s · deployment run elmrec/demo (--watch): {run_s:.1f}s")
     finally:
         stopped = elmrec("stop", "--workdir", str(workdir), env=env, timeout=120)

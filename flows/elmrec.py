@@ -70,7 +70,7 @@ def elmrec(
         results.update(record_baselines_task(settings, parent))
     for name, variant in runs.items():
         if run := stage(train_task, Stage.TRAIN, variant):
-            run(variant)
+            run(variant, resume=Stage.TRAIN not in forced)  # forced: from scratch; else resume an interrupted run
         if run := stage(evaluate_task, Stage.EVALUATE, variant):
             run(variant)
         results[name] = record_variant_task(variant, parent, name)

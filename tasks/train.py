@@ -22,7 +22,8 @@ from tasks.caching import stage_cache
 def train_task(settings: Settings, resume: bool = True) -> Path:
     """histories, candidates, graph -> checkpoint/ (best model), last/, history.json; returns the history path.
 
-    resume=True continues from last/ when an earlier attempt was interrupted (same settings, same result).
+    resume=True continues from last/ when an earlier attempt was interrupted (same settings, same result);
+    resume=False trains from scratch.
     """
     logger = get_run_logger()
     progress = create_progress_artifact(0.0, description=f"train {settings.model.variant}: epochs done / max_epochs")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,10 +180,12 @@ def rank_task(model: ELMRec, tokenizer: Any, trie: ItemTrie, data: EvalData, tas
 
 
 def evaluate_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | None = None,
-                   progress: bool = True) -> dict[str, dict[str, Any]]:
+                   progress: bool = True,
+                   on_task: Callable[[str, dict[str, Any], float], None] | None = None) -> dict[str, dict[str, Any]]:
     """Evaluate the trained model on every ranking task it was trained for; writes metrics.json + predictions.
 
-    Returns {task: {metric: value, ..., "n_users", "invalid_rate", "coverage@10", "mode"}}.
+    Returns {task: {metric: value, ..., "n_users", "invalid_rate", "coverage@10", "mode"}}. `on_task(task,
+    metrics, share_done)` is called after each task (progress reporting).
     """
     torch.manual_seed(settings.seed)  # decoding is deterministic; seeded anyway so no entry point is not
     split = settings.eval.split
@@ -195,7 +198,8 @@ def evaluate_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | 
     trie = ItemTrie.from_tokenizer(tokenizer, data.n_items)
     metrics: dict[str, dict[str, Any]] = {}
     predictions: dict[str, DecodeResult] = {}
-    for task in [t for t in RANKED_TASKS if t in model.tasks]:
+    tasks = [t for t in RANKED_TASKS if t in model.tasks]
+    for done, task in enumerate(tasks, start=1):
         start = time.perf_counter()
         result, targets, mode = rank_task(model, tokenizer, trie, data, task, settings, progress)
         metrics[task.value] = score(result, targets, data.n_items, mode)
@@ -204,6 +208,8 @@ def evaluate_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | 
         logger.info("%s/%s (%s): %d users in %.1f s (%.2f users/s); hr@10 %.4f ndcg@10 %.4f", task.value, split,
                     mode, len(result.users), seconds, len(result.users) / max(seconds, 1e-9),
                     metrics[task.value]["hr@10"], metrics[task.value]["ndcg@10"])
+        if on_task is not None:
+            on_task(task.value, metrics[task.value], done / len(tasks))
     if not metrics:
         raise ValueError(f"the model's tasks {[t.value for t in model.tasks]} include no ranking task")
     write_outputs(paths.run(settings).evaluation(settings.eval, split), metrics, predictions)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from elmrec.config import Settings
@@ -32,7 +32,9 @@ def metric_rows(metrics: dict[str, dict[str, Any]], first_column: str) -> list[d
 def evaluate_task(settings: Settings) -> Path:
     """checkpoint/ -> eval-<hash>/<split>/metrics.json + predictions_<task>.parquet; returns the metrics path."""
     paths, split = WorkPaths.from_settings(settings), settings.eval.split
-    metrics = evaluate_model(settings, paths)
+    progress = create_progress_artifact(0.0, description=f"evaluate {settings.model.variant}: tasks done")
+    metrics = evaluate_model(settings, paths, on_task=lambda task, values, share: update_progress_artifact(
+        progress, 100.0 * share))
     create_table_artifact(metric_rows(metrics, "task"), key=artifact_key("evaluate", settings.data.dataset, split),
                           description=f"{settings.data.dataset} {split} metrics ({settings.model.variant})")
     get_run_logger().info("%s metrics: %s", split, {t: round(m["hr@10"], 4) for t, m in metrics.items()})

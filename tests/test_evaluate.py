@@ -238,6 +238,9 @@ def test_tasks_publish_prefect_tables(trained, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(tasks_evaluate, "create_table_artifact", lambda table, key, description: tables.append(
         {"table": table, "key": key}))
     monkeypatch.setattr(tasks_evaluate, "get_run_logger", lambda: logging.getLogger("test"))
+    progress: list[float] = []
+    monkeypatch.setattr(tasks_evaluate, "create_progress_artifact", lambda value, description: "progress-id")
+    monkeypatch.setattr(tasks_evaluate, "update_progress_artifact", lambda artifact_id, value: progress.append(value))
     settings, paths = trained
     settings = with_eval(settings, max_users=2)
     metrics_path = tasks_evaluate.evaluate_task.fn(settings)
@@ -246,6 +249,7 @@ def test_tasks_publish_prefect_tables(trained, monkeypatch: pytest.MonkeyPatch) 
     assert baselines_path == paths.baselines(settings) / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     assert [t["key"] for t in tables] == ["evaluate-tiny-test", "baselines-tiny-test"]
+    assert progress == [50.0, 100.0]  # after each of the two tasks
     assert [row["task"] for row in tables[0]["table"]] == ["sequential", "direct"]
     assert tables[0]["table"][1]["hr@10"] == round(metrics["direct"]["hr@10"], 4)
     assert {(row["baseline"], row["task"]) for row in tables[1]["table"]} == {

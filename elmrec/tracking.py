@@ -11,8 +11,7 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,19 +48,6 @@ def configure(settings: Settings) -> str:
         artifacts = (settings.workdir / "mlartifacts").as_uri()
         return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
     return experiment.experiment_id
-
-
-@contextmanager
-def run(settings: Settings, name: str, tags: Mapping[str, str] | None = None,
-        parent_run_id: str | None = None, run_id: str | None = None) -> Iterator[str]:
-    """Start (or resume, with `run_id`) an MLflow run; yields its id. Nested under `parent_run_id` if given."""
-    experiment_id = configure(settings)
-    all_tags = dict(tags or {})
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else name, experiment_id=experiment_id,
-                          tags=all_tags, nested=mlflow.active_run() is not None) as active:
-        yield active.info.run_id
 
 
 def metric_name(name: str) -> str:
@@ -163,33 +149,16 @@ def run_url(settings: Settings, run_id: str) -> str:
     return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def log_settings(settings: Settings) -> None:
-    """Settings as flat params plus the whole config as config.yaml."""
-    dumped = settings.model_dump(mode="json")
-    mlflow.log_params(flatten(dumped))
-    mlflow.log_text(yaml.safe_dump(dumped, sort_keys=False), "config.yaml")
 
 
-def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None = None) -> None:
-    clean = {f"{prefix}{key}": float(value) for key, value in flatten(metrics).items()
-             if isinstance(value, (int, float)) and not isinstance(value, bool)}
-    mlflow.log_metrics(clean, step=step)
 
 
-def log_params(params: Mapping[str, Any], prefix: str = "") -> None:
-    mlflow.log_params(flatten(params, prefix))
 
 
-def log_artifact(path: Path, artifact_dir: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_path=artifact_dir)
 
 
-def log_dict(values: Mapping[str, Any], name: str) -> None:
-    mlflow.log_dict(dict(values), name)
 
 
-def set_tags(tags: Mapping[str, str]) -> None:
-    mlflow.set_tags(dict(tags))
 
 
 def find_runs(settings: Settings, filter_string: str = "") -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ import pytest
 
 from elmrec.config import DataSettings
 from elmrec.data.preprocess import preprocess
-from elmrec.paths import DataPaths, atomic_dir
+from elmrec.paths import DataPaths, atomic_dir, current_umask
 from tests.conftest import write_p5
 
 
@@ -20,6 +20,7 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
     with atomic_dir(target) as staged:
         (staged / "c").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["c"]
+    assert target.stat().st_mode & 0o777 == 0o777 & ~current_umask()  # not mkdtemp's 0700
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
 
 

@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -205,7 +206,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+@cache
 def current_umask() -> int:
+    """The process umask (read once: reading it means setting it, briefly, which is not thread-safe)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -92,10 +92,6 @@ class RunLog:
     def artifact_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 
-    def tags(self, values: Mapping[str, str]) -> None:
-        for key, value in values.items():
-            self.client.set_tag(self.run_id, key, value)
-
 
 def find_or_create_run(settings: Settings, name: str, tags: Mapping[str, str], match: Mapping[str, str],
                        parent_run_id: str | None = None) -> str:

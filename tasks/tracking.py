@@ -97,8 +97,9 @@ def record_baselines_task(settings: Settings, parent_run_id: str) -> dict[str, A
         settings, "baselines", {}, match={FLOW_RUN_TAG: _flow_run_id(), "elmrec.role": "baselines"},
         parent_run_id=parent_run_id)
     metrics = json.loads((folder / "metrics.json").read_text())
-    tracking.RunLog(child).metrics(metrics, prefix=f"{settings.eval.split}.")
-    tracking.RunLog(child).artifact(folder / "metrics.json")
+    log = tracking.RunLog(child)
+    log.metrics(metrics, prefix=f"{settings.eval.split}.")
+    log.artifact(folder / "metrics.json")
     tracking.finish(settings, child)
     return metrics
 

@@ -17,65 +17,24 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, NoReturn
 
 from elmrec.config import settings_for
+from elmrec.paths import atomic_path, locked
+from elmrec.processes import Proc, ServiceError, end, log_to, spawn, tail, wait_for
 
 POOL = "elmrec-local"  # the work pool prefect.yaml's deployments name; the worker creates it (type process)
 WORKER_NAME = "elmrec-local-worker"
 DEFAULT_PORT = 4200  # Prefect's usual port, taken when free
 HOST = "127.0.0.1"  # local only
-
-
-class ServeError(RuntimeError):
-    """A service did not come up; the message names the log to read."""
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat from the state field on ([0] state, [19] start time); None without /proc."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
-@dataclass(frozen=True)
-class Proc:
-    """A process `serve` started: its pid and start time (clock ticks after boot, from /proc; None elsewhere)."""
-
-    pid: int
-    started: int | None
-
-    @classmethod
-    def of(cls, pid: int) -> Proc:
-        stat = _proc_stat(pid)
-        return cls(pid, int(stat[19]) if stat else None)
-
-    def alive(self) -> bool:
-        """True while this very process runs: a zombie, or a reused pid with another start time, is not it."""
-        try:
-            os.waitpid(self.pid, os.WNOHANG)  # reap it, should it be our own exited child
-        except ChildProcessError:
-            pass
-        try:
-            os.kill(self.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        stat = _proc_stat(self.pid)
-        if stat is None:
-            return True  # no /proc: existence is all there is to check
-        return stat[0] != "Z" and (self.started is None or int(stat[19]) == self.started)
 
 
 @dataclass(frozen=True)
@@ -98,9 +57,8 @@ class ServeState:
                    Proc(**worker) if worker else None)
 
     def save(self, path: Path) -> None:
-        partial = path.with_suffix(".tmp")
-        partial.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        partial.replace(path)  # never a half-written state file
+        with atomic_path(path) as partial:  # never a half-written state file
+            partial.write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
 @dataclass(frozen=True)
@@ -111,7 +69,6 @@ class ServePaths:
     home: Path  # PREFECT_HOME of every process started here
     state: Path  # serve.json
     env_file: Path  # env.sh: `source` it for PREFECT_API_URL
-    lock: Path
     db: Path  # the server's SQLite database
     server_log: Path
     worker_log: Path  # the flow runs' output lands here too
@@ -120,7 +77,7 @@ class ServePaths:
     @classmethod
     def under(cls, workdir: Path) -> ServePaths:
         home = workdir.resolve() / "prefect"
-        return cls(workdir.resolve(), home, home / "serve.json", home / "env.sh", home / "serve.lock",
+        return cls(workdir.resolve(), home, home / "serve.json", home / "env.sh",
                    home / "prefect.db", home / "server.log", home / "worker.log", home / "deploy.log")
 
 
@@ -129,7 +86,7 @@ def default_checkout() -> Path:
     for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
         if (candidate / "prefect.yaml").is_file():
             return candidate
-    raise ServeError("no prefect.yaml found; run from the elmrec checkout or pass --checkout DIR")
+    raise ServiceError("no prefect.yaml found; run from the elmrec checkout or pass --checkout DIR")
 
 
 def port_free(port: int) -> bool:
@@ -146,7 +103,7 @@ def choose_port(requested: int | None, previous: int | None) -> int:
     """The requested port (it must be free), else the previous one or 4200 when free, else any free port."""
     if requested is not None:
         if not port_free(requested):
-            raise ServeError(f"port {requested} on {HOST} is in use; pick another with --port")
+            raise ServiceError(f"port {requested} on {HOST} is in use; pick another with --port")
         return requested
     for port in (previous, DEFAULT_PORT):
         if port and port_free(port):
@@ -226,66 +183,22 @@ def _prefect(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
 
 
-def _tail(log: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-@contextmanager
-def _log_to(log: Path, command: list[str]) -> Iterator[BinaryIO]:
-    """`log` opened for appending, headed by the time and the command about to write to it."""
-    with log.open("ab") as out:
-        out.write(f"\n--- {datetime.now().isoformat(timespec='seconds')} {shlex.join(command)}\n".encode())
-        out.flush()
-        yield out
-
-
-def spawn(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start `command` detached: a new session (it survives this shell), stdin closed, output appended to `log`."""
-    with _log_to(log, command) as out:
-        return subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_for(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str, log: Path,
-             timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and not ready():
-        if time.monotonic() > deadline:
-            raise ServeError(f"{what} did not come up within {timeout:.0f}s; see {log}:\n{_tail(log)}")
-        time.sleep(0.3)
-    if process.returncode is not None:
-        raise ServeError(f"{what} exited with code {process.returncode}; see {log}:\n{_tail(log)}")
-
-
 def deploy(env: dict[str, str], checkout: Path, log: Path, timeout: float) -> None:
     """Every deployment of the checkout's prefect.yaml (their work pool must exist: the worker creates it)."""
     command = _prefect("--no-prompt", "deploy", "--all")
-    with _log_to(log, command) as out:
+    with log_to(log, command) as out:
         done = subprocess.run(command, env=env, cwd=checkout, stdin=subprocess.DEVNULL, stdout=out,
                               stderr=subprocess.STDOUT, timeout=timeout, check=False)
     if done.returncode != 0:
-        raise ServeError(f"`prefect deploy --all` failed in {checkout}; see {log}:\n{_tail(log)}")
-
-
-@contextmanager
-def _locked(paths: ServePaths) -> Iterator[None]:
-    """One `serve` or `stop` at a time per work dir."""
-    import fcntl  # POSIX, like the process sessions this module manages
-
-    paths.home.mkdir(parents=True, exist_ok=True)
-    with paths.lock.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+        raise ServiceError(f"`prefect deploy --all` failed in {checkout}; see {log}:\n{tail(log)}")
 
 
 def serve(workdir: Path, port: int | None = None, checkout: Path | None = None,
           timeout: float = 180.0) -> tuple[ServeState, list[str]]:
     """Bring up whatever is not running; the state, and what was started ([] when everything was up)."""
     paths = ServePaths.under(workdir)
-    with _locked(paths):
+    paths.home.mkdir(parents=True, exist_ok=True)
+    with locked(paths.state):  # one `serve` or `stop` at a time per work dir
         state = ServeState.load(paths.state)
         if state and state.server.alive() and _answers(state.api_url, paths.home):
             if state.worker and state.worker.alive():
@@ -295,7 +208,7 @@ def serve(workdir: Path, port: int | None = None, checkout: Path | None = None,
             state.save(paths.state)
             return state, ["worker"]
         if state:  # what is left of an earlier start: end it before starting afresh
-            _end([p for p in (state.worker, state.server) if p])
+            end([p for p in (state.worker, state.server) if p])
         chosen = choose_port(port, state.port if state else None)
         api_url = f"http://{HOST}:{chosen}/api"
         project = (checkout or (Path(state.checkout) if state else None) or default_checkout()).resolve()
@@ -310,7 +223,7 @@ def serve(workdir: Path, port: int | None = None, checkout: Path | None = None,
             state.save(paths.state)
             deploy(env, project, paths.deploy_log, timeout)
         except BaseException:
-            _end([p for p in (state.worker, state.server) if p])
+            end([p for p in (state.worker, state.server) if p])
             paths.state.unlink(missing_ok=True)
             raise
         paths.env_file.write_text(f"export PREFECT_API_URL={api_url}\n")
@@ -325,40 +238,21 @@ def _start_worker(paths: ServePaths, env: dict[str, str], api_url: str, checkout
     try:
         wait_for(lambda: worker_online(api_url, since), worker, "the worker", paths.worker_log, timeout)
     except BaseException:
-        _end([proc])
+        end([proc])
         raise
     return proc
-
-
-def _end(procs: list[Proc], timeout: float = 20.0) -> list[int]:
-    """SIGTERM each live process's group (each leads its session), SIGKILL what outlives `timeout`; their pids."""
-    live = [p for p in procs if p.alive()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in live:
-            try:
-                if os.getpgid(proc.pid) == proc.pid:
-                    os.killpg(proc.pid, sig)
-                else:
-                    os.kill(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + timeout
-        while any(p.alive() for p in live) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not any(p.alive() for p in live):
-            break
-    return [p.pid for p in live]
 
 
 def stop(workdir: Path, timeout: float = 20.0) -> list[int]:
     """End the recorded worker, then the server; the pids that were running. Removes serve.json."""
     paths = ServePaths.under(workdir)
-    with _locked(paths):
+    paths.home.mkdir(parents=True, exist_ok=True)
+    with locked(paths.state):  # one `serve` or `stop` at a time per work dir
         state = ServeState.load(paths.state)
         if state is None:
             return []
-        ended = _end([state.worker], timeout) if state.worker else []
-        ended += _end([state.server], timeout)
+        ended = end([state.worker], timeout) if state.worker else []
+        ended += end([state.server], timeout)
         paths.state.unlink(missing_ok=True)
         paths.env_file.unlink(missing_ok=True)
         return ended
@@ -406,7 +300,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         state, started = serve(settings.workdir, args.port, Path(args.checkout) if args.checkout else None,
                                args.timeout)
-    except ServeError as error:
+    except ServiceError as error:
         print(f"elmrec serve: {error}", file=sys.stderr)
         return 1
     what = f"started the {' and the '.join(started)}" if started else "already running"

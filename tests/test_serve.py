@@ -16,6 +16,7 @@ import pytest
 
 from elmrec import serve, tracking
 from elmrec.config import settings_for
+from elmrec.processes import Proc
 from tests.conftest import T5_SMALL, tiny_pipeline, write_p5
 
 
@@ -76,10 +77,10 @@ def services_under(home: Path) -> set[int]:
 
 def test_unit_port_choice_and_state_round_trip(tmp_path: Path) -> None:
     assert serve.choose_port(None, None) > 0
-    state = serve.ServeState(4321, "http://127.0.0.1:4321/api", "/src", serve.Proc.of(os.getpid()), None)
+    state = serve.ServeState(4321, "http://127.0.0.1:4321/api", "/src", Proc.of(os.getpid()), None)
     state.save(tmp_path / "serve.json")
     assert serve.ServeState.load(tmp_path / "serve.json") == state
-    assert state.server.alive() and not serve.Proc(os.getpid(), -1).alive()  # same pid, other start time
+    assert [p.name for p in tmp_path.iterdir()] == ["serve.json"]  # no temporary file left behind
     assert serve.stop(tmp_path / "nothing") == []
 
 
@@ -91,7 +92,7 @@ def test_serve_runs_a_deployment_and_stop_ends_what_it_started(tmp_path: Path, t
     raw = write_p5(tmp_path / "tiny", tiny_histories, n_items=150)
     env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "1"}
     env.pop("ELMREC_WORKDIR", None)
-    recorded: list[serve.Proc] = []
+    recorded: list[Proc] = []
     try:
         started = time.monotonic()
         port = str(free_port())  # not 4200: another run of this test may hold it
@@ -99,7 +100,7 @@ def test_serve_runs_a_deployment_and_stop_ends_what_it_started(tmp_path: Path, t
         serve_s = time.monotonic() - started
         assert first.returncode == 0, first.stdout + first.stderr
         state = json.loads((home / "serve.json").read_text())
-        recorded = [serve.Proc(**state["server"]), serve.Proc(**state["worker"])]
+        recorded = [Proc(**state["server"]), Proc(**state["worker"])]
         api = state["api_url"]
         assert f"export PREFECT_API_URL={api}" in first.stdout
         assert serve.healthy(api, home) and not serve.healthy(api, tmp_path)  # it is this server
@@ -142,8 +143,9 @@ def test_serve_runs_a_deployment_and_stop_ends_what_it_started(tmp_path: Path, t
         # a run that fails in training (its model mirror lacks t5-small) and is retried once the mirror is fixed
         mirror = tmp_path / "models"
         mirror.mkdir()
-        broken = {**params, "overrides": {**params["overrides"], "train": {**params["overrides"]["train"], "max_epochs": 2},
-                                          "model": {**params["overrides"]["model"], "model_mirror": str(mirror)}}}
+        overrides = params["overrides"]
+        broken = {**params, "overrides": {**overrides, "train": {**overrides["train"], "max_epochs": 2},
+                                          "model": {**overrides["model"], "model_mirror": str(mirror)}}}
         failed = deployment_run(broken, api, env, home, expect_success=False)
         (mirror / "t5-small").symlink_to(T5_SMALL)
         retry = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", failed],

@@ -15,7 +15,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -30,6 +30,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) work

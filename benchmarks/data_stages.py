@@ -27,11 +27,11 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from elmrec.config import settings_for  # noqa: E402
-from elmrec.data.download import download  # noqa: E402
-from elmrec.data.preprocess import preprocess  # noqa: E402
-from elmrec.graph import bipartite_adjacency, build_graph, load_adjacency, normalize, propagate, to_torch_sparse  # noqa: E402
-from elmrec.paths import WorkPaths  # noqa: E402
+from elmrec.config import settings_for
+from elmrec.data.download import download
+from elmrec.data.preprocess import preprocess
+from elmrec.graph import bipartite_adjacency, build_graph, load_adjacency, normalize, propagate, to_torch_sparse
+from elmrec.paths import WorkPaths
 
 
 def rss_mib() -> float:

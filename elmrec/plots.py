@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def loss_curves(epochs: Sequence[Mapping[str, float]], out: Path, keys: Sequence[str] = ("train_loss", "valid_loss"),

@@ -28,7 +28,8 @@ def summary_markdown(settings: Settings, data: Mapping[str, Any], results: Mappi
     stats = data.get("data", {})
     graph = data.get("graph", {})
     parts = [
-        f"# elmrec: {settings.data.dataset} ({settings.data.source}, ids {settings.data.id_scheme}, seed {settings.seed})",
+        f"# elmrec: {settings.data.dataset} ({settings.data.source}, ids {settings.data.id_scheme}, "
+        f"seed {settings.seed})",
         f"Users {stats.get('n_users', '?'):,} · items {stats.get('n_items', '?'):,} · interactions "
         f"{stats.get('n_interactions', '?'):,} (train {stats.get('n_train_interactions', '?'):,}) · graph "
         f"{graph.get('n_edges', '?'):,} edges ({settings.data.graph_edges})" if stats else "No dataset statistics.",

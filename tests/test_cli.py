@@ -18,7 +18,8 @@ def test_bad_setting_fails_before_any_work(tmp_path: Path, capsys: pytest.Captur
     assert list(tmp_path.iterdir()) == []
 
 
-def test_task_on_missing_upstream_names_the_stage_to_run_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_task_on_missing_upstream_names_the_stage_to_run_first(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["task", "graph", "--workdir", str(tmp_path)]) == 2
     assert "interactions.parquet is missing; run `elmrec task preprocess` first" in capsys.readouterr().err
     assert main(["task", "preprocess", "--workdir", str(tmp_path)]) == 2

@@ -31,7 +31,8 @@ def test_workdir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 
 def test_paper_hyperparameters() -> None:
-    assert paper_overrides("beauty", Task.DIRECT) == {"model": {"alpha": 9, "sigma": 6, "n_layers": 4}, "eval": {"rerank_n": 15}}
+    assert paper_overrides("beauty", Task.DIRECT) == {"model": {"alpha": 9, "sigma": 6, "n_layers": 4},
+                                                      "eval": {"rerank_n": 15}}
     assert paper_overrides("sports", Task.SEQUENTIAL)["model"]["alpha"] == 1
     with pytest.raises(ValueError, match="no paper hyper-parameters for dataset 'movies'"):
         paper_overrides("movies", Task.DIRECT)

@@ -37,13 +37,13 @@ def test_local_source_copies_any_p5_folder(tmp_path: Path) -> None:
     (folder / "sequential.txt").write_text("1 1 2 3\n")
     (folder / "datamaps.json").write_text('{"id2user": {"1": "u"}, "id2item": {"1": "a", "2": "b", "3": "c"}}')
     files = download(DataSettings(dataset="mydata", source="local", path=str(folder)), tmp_path / "raw")
-    assert [f.read_text() for f in files][0] == "1 1 2 3\n"
+    assert files[0].read_text() == "1 1 2 3\n"
     with pytest.raises(DownloadError, match=r"nowhere/sequential.txt does not exist$"):
         download(DataSettings(dataset="mydata", source="local", path=str(tmp_path / "nowhere")), tmp_path / "raw2")
 
 
 class _Server(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         if self.path.endswith("truncated/beauty/sequential.txt"):
             self.send_response(200)
             self.send_header("Content-Length", "1000")
@@ -69,7 +69,8 @@ def test_truncated_download_is_retried_then_fails_with_url_and_mirror_hint(tmp_p
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dl, "RETRIES", 2)
     monkeypatch.setattr(dl.time, "sleep", lambda seconds: None)
-    with pytest.raises(DownloadError, match=r"truncated/beauty/sequential.txt after 2 attempts: .*truncated.*ELMREC_MIRROR"):
+    message = r"truncated/beauty/sequential.txt after 2 attempts: .*truncated.*ELMREC_MIRROR"
+    with pytest.raises(DownloadError, match=message):
         download(DataSettings(dataset="beauty"), tmp_path / "raw", mirror=f"{http_base}/truncated")
     assert list((tmp_path / "raw").iterdir()) == []
 

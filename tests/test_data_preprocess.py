@@ -44,7 +44,8 @@ def test_subset_and_shuffle_keep_maps_consistent(tmp_path: Path, tiny_histories)
     asin_after = dict(shuffled.item_map.rows())
     for before, after in zip(corpus.histories["items"].to_list(), shuffled.histories["items"].to_list()):
         assert [asin[i] for i in before] == [asin_after[i] for i in after]  # ID maps round-trip
-    assert sorted(asin_after) == list(range(1, 9)) and shuffled.histories["items"].to_list() != corpus.histories["items"].to_list()
+    assert sorted(asin_after) == list(range(1, 9))
+    assert shuffled.histories["items"].to_list() != corpus.histories["items"].to_list()
 
 
 def test_preprocess_writes_schemas_stats_and_is_byte_identical(tmp_path: Path, tiny_histories) -> None:
@@ -78,7 +79,8 @@ def test_failed_preprocess_leaves_previous_output_untouched(tmp_path: Path, tiny
     ("sports", {"n_users": 35598, "n_items": 18357, "n_interactions": 296337, "n_train_interactions": 225141}),
 ])
 def test_real_datasets_through_the_mirror(tmp_path: Path, real_mirror: Path, dataset: str, expected: dict) -> None:
-    settings = settings_for("paper", {"workdir": str(tmp_path), "data": {"dataset": dataset, "mirror": str(real_mirror)}})
+    data = {"dataset": dataset, "mirror": str(real_mirror)}
+    settings = settings_for("paper", {"workdir": str(tmp_path), "data": data})
     paths = WorkPaths.from_settings(settings)
     download(settings.data, paths.raw, settings.resolved_mirror())
     stats = preprocess(settings.data, settings.seed, paths.raw, paths.data)

@@ -140,7 +140,8 @@ def test_validation_split_uses_second_last_item_and_valid_candidates(trained) ->
         assert sorted(rows["item"].to_list()) == sorted(candidates[user])
         ranks.append(rows.filter(pl.col("item") == HISTORIES[user][-2])["rank"].item())  # the second-last item
     assert sorted(direct["user"].unique().to_list()) == [1, 2, 3]
-    assert metrics["direct"]["ndcg@10"] == pytest.approx(np.mean([1 / math.log2(r + 1) if r <= 10 else 0 for r in ranks]))
+    gains = [1 / math.log2(r + 1) if r <= 10 else 0 for r in ranks]
+    assert metrics["direct"]["ndcg@10"] == pytest.approx(np.mean(gains))
 
     history = before_target("valid")
     for (user,), rows in read_predictions(folder, "sequential").group_by("user"):

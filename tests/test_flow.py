@@ -12,6 +12,7 @@ from elmrec.config import Stage, settings_for
 from elmrec.paths import WorkPaths
 from tests.conftest import tiny_pipeline, write_p5
 
+
 @pytest.fixture(scope="module")
 def prefect_harness() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness

@@ -44,7 +44,8 @@ def tiny_config() -> T5Config:
 def make(tiny_config: T5Config, tasks=BOTH, seed: int = 0, **overrides) -> ELMRec:
     """A fresh tiny ELMRec in eval mode; overrides go to ModelSettings."""
     torch.manual_seed(seed)
-    values = dict(model_name=str(T5_FOLDER), reduced=TINY, alpha=2.0, sigma=0.5, n_layers=2, prompt_num=3)
+    values = {"model_name": str(T5_FOLDER), "reduced": TINY, "alpha": 2.0, "sigma": 0.5, "n_layers": 2,
+              "prompt_num": 3}
     settings = ModelSettings(**{**values, **overrides})
     model = ELMRec(T5ForConditionalGeneration(tiny_config), settings, N_USERS, N_ITEMS,
                    sp.csr_matrix(normalised_adjacency()), tasks)
@@ -132,7 +133,7 @@ def test_soft_prompts_prepend_per_task(tiny_config):
     model = make(tiny_config, prompt_num=3)
     input_ids, ww_ids, mask, _ = batch([[1, 2, 0], [3, 0, 0]])
     seq_embeds, seq_mask = model.encoder_inputs(input_ids, ww_ids, mask, Task.SEQUENTIAL)
-    dir_embeds, dir_mask = model.encoder_inputs(input_ids, ww_ids, mask, Task.DIRECT)
+    dir_embeds, _ = model.encoder_inputs(input_ids, ww_ids, mask, Task.DIRECT)
     assert seq_embeds.shape == (2, 3 + 3, 32) and seq_mask.shape == (2, 3 + 3)
     assert torch.equal(seq_mask[:, :3], torch.ones(2, 3, dtype=mask.dtype)) and torch.equal(seq_mask[:, 3:], mask)
     assert torch.equal(seq_embeds[0, :3], model.prompts["sequential"])

@@ -41,5 +41,7 @@ def test_concurrent_runs_on_one_workdir_do_not_corrupt_outputs(tmp_path: Path, t
     for worker in workers:
         worker.join(timeout=120)
     assert [worker.exitcode for worker in workers] == [0, 0]
-    assert {p.name: p.read_bytes() for p in DataPaths(shared).all()} == {p.name: p.read_bytes() for p in reference.all()}
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".reference.lock", ".shared.lock", "raw", "reference", "shared"]
+    contents = {p.name: p.read_bytes() for p in DataPaths(shared).all()}
+    assert contents == {p.name: p.read_bytes() for p in reference.all()}
+    expected = [".reference.lock", ".shared.lock", "raw", "reference", "shared"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected

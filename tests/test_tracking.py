@@ -8,7 +8,8 @@ from elmrec.config import settings_for
 
 def test_runs_are_found_again_by_tags_and_log_without_global_state(tmp_path: Path) -> None:
     settings = settings_for("demo", {"workdir": str(tmp_path)})
-    parent = tracking.find_or_create_run(settings, "flow-run-name", {"preset": "demo"}, match={"prefect.flow_run_id": "f1"})
+    parent = tracking.find_or_create_run(settings, "flow-run-name", {"preset": "demo"},
+                                         match={"prefect.flow_run_id": "f1"})
     assert tracking.find_or_create_run(settings, "other", {}, match={"prefect.flow_run_id": "f1"}) == parent  # retried
     child = tracking.find_or_create_run(settings, "elmrec", {}, match={"prefect.flow_run_id": "f1", "role": "variant"},
                                         parent_run_id=parent)

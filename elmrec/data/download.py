@@ -160,7 +160,8 @@ def _download_with_retries(url: str, tmp: Path, hint_mirror: bool) -> None:
         except urllib.error.HTTPError as error:
             if error.code < 500 or attempt == RETRIES:  # a 404 will not get better by retrying
                 raise DownloadError(f"{url}: HTTP {error.code}" + (_MIRROR_HINT if hint_mirror else "")) from error
-        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, DownloadError) as error:
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError,
+                DownloadError) as error:
             if attempt == RETRIES:
                 raise DownloadError(
                     f"could not fetch {url} after {RETRIES} attempts: {error}" + (_MIRROR_HINT if hint_mirror else "")

@@ -75,7 +75,8 @@ def parse_sequential(path: Path) -> pl.DataFrame:
     repeated = per_line.filter(pl.col("user").is_duplicated()).sort("line").head(2)
     if repeated.height:
         first, second = repeated.rows(named=True)
-        raise DataError(f"{path}:{second['line']}: user {second['user']} is listed again (first on line {first['line']})")
+        raise DataError(f"{path}:{second['line']}: user {second['user']} is listed again "
+                        f"(first on line {first['line']})")
     return per_line
 
 

@@ -14,13 +14,14 @@ did not change.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import Task, flow
 from prefect.logging import get_run_logger
 
 from elmrec.config import Preset, Settings, Stage, Variant, settings_for, variant_settings
-from elmrec.stages import outputs_exist
+from elmrec.stages import outputs, outputs_exist
 from tasks.data import download_task, graph_task, preprocess_task
 from tasks.evaluate import baselines_task, evaluate_task
 from tasks.tracking import (
@@ -49,11 +50,17 @@ def elmrec(
     get_run_logger().info("stages %s (forced: %s), variants %s, settings %s", sorted(s.value for s in wanted),
                           sorted(s.value for s in forced) or "none", variants, settings.model_dump_json())
 
+    refreshed: set[tuple[Path, ...]] = set()
+
     def stage(task: Task, name: Stage, settings: Settings) -> Task | None:
-        """The task to run for stage `name`, or None when not wanted; its cache is refreshed when the stage is
-        forced or its outputs have gone."""
-        refresh = name in forced or not outputs_exist(settings, task.name)
-        return task.with_options(refresh_cache=refresh) if name in wanted else None
+        """The task to run for stage `name`, or None when not wanted; its cache is refreshed when its outputs
+        have gone or the stage is forced (once per set of outputs: variants that share a checkpoint share it)."""
+        if name not in wanted:
+            return None
+        written = tuple(outputs(settings, task.name))
+        refresh = (name in forced and written not in refreshed) or not outputs_exist(settings, task.name)
+        refreshed.add(written)
+        return task.with_options(refresh_cache=refresh)
 
     parent = open_parent_task(settings, preset, list(variants))
     if run := stage(download_task, Stage.DOWNLOAD, settings):

@@ -85,3 +85,34 @@ def test_bad_parameters_fail_before_any_work(tmp_path: Path, prefect_harness) ->
     with pytest.raises(ValidationError, match=r"data.id_scheme"):
         elmrec(preset="demo", overrides={"workdir": str(tmp_path), "data": {"id_scheme": "bad"}})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_ablation_deployment_variants_share_one_parent_and_train_shared_checkpoints_once(
+        overrides: dict[str, Any], prefect_harness) -> None:
+    import yaml
+
+    from flows.elmrec import elmrec
+
+    deployments = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())["deployments"]
+    variants = next(d for d in deployments if d["name"] == "ablation")["parameters"]["variants"]
+    assert variants == ["elmrec", "pod", "no_graph", "no_incremental", "paper_decoding"]
+    state = elmrec(preset="demo", overrides=overrides, variants=variants, return_state=True)
+    result = state.result()
+    settings = settings_for("demo", overrides)
+    runs = tracking.find_runs(settings)
+    children = [r for r in runs if r["tags"].get("mlflow.parentRunId") == result["mlflow_run_id"]]
+    assert sorted(r["name"] for r in children) == sorted([*variants, "baselines"])
+    for child in children:
+        if child["name"] != "baselines":
+            assert {"test.direct.hr_at_10", "test.sequential.hr_at_10"} <= set(child["metrics"]), child["name"]
+    params = {r["name"]: r["params"] for r in children}
+    assert params["paper_decoding"]["eval.direct_mode"] == "beam" and params["elmrec"]["eval.direct_mode"] == "score"
+    # paper_decoding differs from elmrec in decoding only: it evaluates elmrec's checkpoint, trained once
+    first = task_states(state.state_details.flow_run_id)
+    assert sorted(first["train"]) == ["Cached"] + ["Completed"] * 4 and len(first["evaluate"]) == 5
+
+    # Forcing training retrains each distinct checkpoint once, not once per variant that uses it.
+    again = elmrec(preset="demo", overrides=overrides, variants=variants, stages=[Stage.TRAIN], force=[Stage.TRAIN],
+                   return_state=True)
+    assert sorted(task_states(again.state_details.flow_run_id)["train"]) == ["Cached"] + ["Completed"] * 4

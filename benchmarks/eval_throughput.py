@@ -1,6 +1,7 @@
 """Evaluation throughput (users/s) of each decoding mode, full t5-small shape (random init), real Beauty inputs.
 
     python benchmarks/eval_throughput.py [--mirror ../shared/data] [--users 32] [--device auto|cpu|cuda]
+    python benchmarks/eval_throughput.py --preset demo --users 4   # the demo preset's reduced T5: a smoke run
 
 The data stages run on Beauty in a temporary work dir (through the mirror, as a user's download would); the
 model is ELMRec around a randomly initialised t5-small with Beauty's node table and graph, so every tensor has
@@ -70,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mirror", default=os.environ.get("ELMREC_MIRROR", "../shared/data"))
     parser.add_argument("--model-mirror", default=os.environ.get("ELMREC_MODEL_MIRROR", "../shared"))
+    parser.add_argument("--preset", default="paper", choices=["paper", "mini", "demo"],
+                        help="settings (model shape, data subset) to time")
     parser.add_argument("--users", type=int, default=32, help="test users ranked per mode")
     parser.add_argument("--batch-size", type=int, default=16, help="users per batch (EvalSettings.batch_size)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -85,7 +88,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="elmrec-eval-bench-"))
     try:
-        settings = settings_for("paper", {
+        settings = settings_for(args.preset, {
             "workdir": str(work), "data": {"mirror": str(Path(args.mirror).resolve())},
             "model": {"model_name": "t5-small", "model_mirror": str(Path(args.model_mirror).resolve())},
             "eval": {"batch_size": args.batch_size}})  # fmt: skip
@@ -106,9 +109,10 @@ def main() -> None:
                                         histories=data.exclusions([p.user for p in seq_prompts])),
         }
         threads = torch.get_num_threads()
+        shape = settings.model.model_name + (" (reduced)" if settings.model.reduced else "")
         print(f"beauty: {data.n_users} users, {data.n_items} items; setup {time.perf_counter() - start:.1f} s; "
               f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{threads} threads'}); "
-              f"t5-small {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
+              f"{shape} {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
               f"direct prompt {int(inputs['direct'].attention_mask.sum(1).float().mean())} tokens, "
               f"sequential {int(inputs['sequential'].attention_mask.sum(1).float().mean())}", flush=True)
         figures, cold = {}, {}

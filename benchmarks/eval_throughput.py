@@ -34,10 +34,12 @@ from elmrec.config import EvalSettings, Settings, Task, settings_for
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
-from elmrec.evaluate import EvalData, decode_inputs, resolve_device
+from elmrec.device import Device
+from elmrec.evaluate import EvalData, decode_inputs
 from elmrec.graph import build_graph, load_adjacency
-from elmrec.model import ELMRec, load_t5, load_tokenizer
+from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
+from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.trie import ItemTrie
 
 MODES = (("direct", "score"), ("direct", "beam"), ("sequential", "constrained"), ("sequential", "rerank"))
@@ -95,7 +97,7 @@ def main() -> None:
         start = time.perf_counter()
         paths = prepare(settings)
         data = EvalData.load(paths.data, "test", args.users)
-        device = resolve_device(args.device)
+        device = Device.resolve(args.device).device
         t5, _ = load_t5(settings.model)  # no weights in the mirror: random init (warned), same cost
         model = ELMRec(t5, settings.model, data.n_users, data.n_items, load_adjacency(paths.graph),
                        [Task.SEQUENTIAL, Task.DIRECT]).to(device).eval()

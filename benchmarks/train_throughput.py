@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elmrec.config import Task, settings_for
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
+from elmrec.device import Device
 from elmrec.graph import build_graph, propagate
-from elmrec.model import load_tokenizer
 from elmrec.paths import WorkPaths
-from elmrec.train import Device, TrainData, build_model, encode_for, epoch_prompts, make_optimizer, train_step
+from elmrec.pretrained import load_tokenizer
+from elmrec.train import TrainData, build_model, encode_for, epoch_prompts, make_optimizer, train_step
 from elmrec.wholeword import bucketed_batches, collate
 
 PAPER_S_PER_STEP = {Task.SEQUENTIAL: 2.1, Task.DIRECT: 15.7}  # the authors' code, t5-small, batch 16, 2 CPU cores

@@ -34,10 +34,12 @@ from elmrec import baselines
 from elmrec.config import Settings, Task
 from elmrec.data import schemas
 from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
+from elmrec.device import Device
 from elmrec.graph import load_adjacency
 from elmrec.metrics import DecodeResult
-from elmrec.model import ELMRec, load_tokenizer
+from elmrec.model import ELMRec
 from elmrec.paths import DataPaths, WorkPaths, atomic_dir
+from elmrec.pretrained import load_tokenizer
 from elmrec.prompts import Prompt, direct_eval, sequential_eval
 from elmrec.trie import ItemTrie
 from elmrec.wholeword import collate, encode
@@ -133,20 +135,13 @@ def write_outputs(folder: Path, metrics: dict[str, Any], predictions: dict[str, 
 # ---------------------------------------------------------------------------------------------- the model
 
 
-def resolve_device(choice: str) -> torch.device:
-    """train.device semantics: auto = CUDA when available, else CPU; cuda without CUDA is an error."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available")
-    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
-
-
 def load_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | None = None) -> ELMRec:
     """The trained model (eval mode, on the configured device), with Â when the graph stage has written it."""
     checkpoint = Path(checkpoint_dir) if checkpoint_dir else paths.run(settings).checkpoint
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint} is missing; run the train stage first (elmrec task train)")
     adjacency = load_adjacency(paths.graph) if paths.graph.adjacency.is_file() else None
-    return ELMRec.load(checkpoint, adjacency=adjacency, map_location=resolve_device(settings.train.device))
+    return ELMRec.load(checkpoint, adjacency=adjacency, map_location=Device.resolve(settings.train.device).device)
 
 
 def decode_inputs(model: ELMRec, tokenizer: Any, prompts: list[Prompt], task: Task,

@@ -15,115 +15,29 @@ table without propagation; `no_incremental` = sequential prompts use node ids in
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
-import huggingface_hub
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from elmrec.config import ModelSettings, Task
 from elmrec.graph import propagate, to_torch_sparse
 
-logger = logging.getLogger(__name__)
-
-WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
-)
 T5_DIR = "t5"  # save_pretrained folder inside a checkpoint
 TABLES_FILE = "elmrec_tables.safetensors"  # node / incremental tables and soft prompts
 META_FILE = "elmrec.json"  # settings and sizes needed to rebuild the module
 FORMAT_VERSION = 1
 WWMode = Literal["node", "order"]
-
-
-# ---------------------------------------------------------------- where T5 and its tokenizer come from
-
-
-def resolve_model_source(settings: ModelSettings) -> tuple[str, bool]:
-    """(location, is_local): `model_name` as an existing folder, else `<mirror>/<model_name>` when that folder
-    exists (mirror = settings.model_mirror or $ELMREC_MODEL_MIRROR), else the hub name."""
-    name = Path(settings.model_name).expanduser()
-    if name.is_dir():
-        return str(name), True
-    mirror = settings.model_mirror or os.environ.get("ELMREC_MODEL_MIRROR")
-    if mirror and (Path(mirror).expanduser() / settings.model_name).is_dir():
-        return str(Path(mirror).expanduser() / settings.model_name), True
-    return settings.model_name, False
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the hub can be asked at all: not in offline mode and its host accepts a TCP connection.
-    Checked first because an unreachable hub otherwise costs ~30 s of retries per file."""
-    if huggingface_hub.is_offline_mode():
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # a proxy decides; let the hub client try
-    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def _where(settings: ModelSettings) -> tuple[str, bool, bool]:
-    """(location, is_local, local_files_only) for the transformers loaders."""
-    source, is_local = resolve_model_source(settings)
-    return source, is_local, is_local or not _hub_reachable()
-
-
-def _missing_hint(settings: ModelSettings, source: str, error: OSError) -> OSError:
-    return OSError(
-        f"cannot load {source!r} for model_name={settings.model_name!r} (hub unreachable and not cached?): {error}. "
-        f"Point model_name at a local folder, or set model_mirror / ELMREC_MODEL_MIRROR to a folder holding "
-        f"{settings.model_name}/ with config.json and spiece.model."
-    )
-
-
-def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
-    """The tokenizer of the resolved model location (same resolution as `load_t5`)."""
-    source, _, local_only = _where(settings)
-    try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-    except OSError as error:
-        raise _missing_hint(settings, source, error) from error
-
-
-def load_t5(settings: ModelSettings) -> tuple[T5ForConditionalGeneration, bool]:
-    """(model, pretrained). Reduced shape: random init from the base config, never loads weights. Otherwise
-    pretrained weights when present or reachable, else random init with a WARNING."""
-    source, is_local, local_only = _where(settings)
-    try:
-        config = T5Config.from_pretrained(source, local_files_only=local_only)
-    except OSError as error:
-        raise _missing_hint(settings, source, error) from error
-    if settings.reduced is not None:
-        config.update(settings.reduced.model_dump())
-        logger.info("reduced T5 %s from %s: random init, no pretrained weights", settings.reduced.model_dump(), source)
-        return T5ForConditionalGeneration(config), False
-    if is_local and not any((Path(source) / f).is_file() for f in WEIGHT_FILES):
-        reason = f"no weight file ({', '.join(WEIGHT_FILES)}) in {source}"
-    else:
-        try:
-            return T5ForConditionalGeneration.from_pretrained(source, local_files_only=local_only), True
-        except OSError as error:
-            reason = str(error).splitlines()[0]
-    logger.warning("T5 weights unavailable (%s): T5 is RANDOMLY INITIALISED from the config of %s", reason, source)
-    return T5ForConditionalGeneration(config), False
 
 
 # ---------------------------------------------------------------- graph propagation

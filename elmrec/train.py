@@ -23,9 +23,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -37,9 +35,11 @@ from transformers import PreTrainedTokenizerBase
 from elmrec.checkpoint import STATE_FILE, TrainState, fingerprint, load_last, read_state, save_last
 from elmrec.config import Settings, Task
 from elmrec.data import schemas
+from elmrec.device import Device
 from elmrec.graph import load_adjacency
-from elmrec.model import ELMRec, load_t5, load_tokenizer
+from elmrec.model import ELMRec
 from elmrec.paths import RunPaths, WorkPaths, atomic_path
+from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.progress import progress_bar
 from elmrec.prompts import Prompt, direct_epoch, direct_eval, sequential_epoch, sequential_eval
 from elmrec.wholeword import IGNORE_INDEX, Encoded, bucketed_batches, collate, encode
@@ -66,35 +66,6 @@ class TrainData:
         return cls(schemas.read(paths.data.histories, schemas.HISTORIES),
                    schemas.read(paths.data.candidates, schemas.CANDIDATES),
                    int(stats["n_users"]), int(stats["n_items"]), load_adjacency(paths.graph))
-
-
-@dataclass(frozen=True)
-class Device:
-    device: torch.device
-    amp_dtype: torch.dtype | None  # autocast dtype; None = full fp32
-
-    @classmethod
-    def resolve(cls, name: str, precision: str = "auto") -> Device:
-        """auto: CUDA when available, else CPU; precision auto: bf16 autocast on CUDA (if supported), fp32 on CPU."""
-        if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-            if not torch.cuda.is_available():
-                raise RuntimeError("train.device is 'cuda' but CUDA is not available")
-            device = torch.device("cuda")
-            bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
-        else:
-            device, bf16 = torch.device("cpu"), precision == "bf16"
-        return cls(device, torch.bfloat16 if bf16 else None)
-
-    def autocast(self) -> AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def put(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def describe(self) -> str:
-        return f"{self.device.type} ({'fp32' if self.amp_dtype is None else 'bf16 autocast'})"
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.evaluate import PREDICTIONS, evaluate_baselines, evaluate_model
 from elmrec.graph import build_graph, load_adjacency
-from elmrec.model import ELMRec, load_t5
+from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
+from elmrec.pretrained import load_t5
 from tasks import evaluate as tasks_evaluate
 from tests.conftest import SHARED, T5_SMALL, write_p5
 

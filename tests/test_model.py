@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -13,9 +10,11 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from elmrec.config import ModelSettings, T5Size, Task
 from elmrec.graph import propagate
-from elmrec.model import ELMRec, _hub_reachable, load_t5, load_tokenizer, resolve_model_source
+from elmrec.model import ELMRec
+from elmrec.pretrained import load_t5
+from tests.conftest import T5_SMALL
 
-T5_FOLDER = Path("/work/shared/t5-small")
+T5_FOLDER = T5_SMALL
 TINY = T5Size(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=1, num_decoder_layers=1)
 N_USERS, N_ITEMS = 2, 3  # nodes: 0 pad, users 1-2, items 3-5
 EDGES = [(1, 3), (1, 4), (2, 4), (2, 5)]  # user node, item node
@@ -204,29 +203,3 @@ def test_generate_from_inputs_embeds(tiny_config):
     out = model.generate(input_ids, ww_ids, mask, Task.DIRECT, num_beams=3, num_return_sequences=2, max_new_tokens=4)
     assert out.dtype == torch.long and out.shape[0] == 4 and 2 <= out.shape[1] <= 5
     assert (out[:, 0] == model.t5.config.decoder_start_token_id).all()
-
-
-def test_load_t5_without_weights_warns_and_reduces(caplog):
-    with caplog.at_level(logging.WARNING, logger="elmrec.model"):
-        t5, pretrained = load_t5(ModelSettings(model_name=str(T5_FOLDER)))
-    assert not pretrained and t5.config.d_model == 512 and t5.config.num_layers == 6
-    assert any(r.levelno == logging.WARNING and "RANDOMLY" in r.getMessage() for r in caplog.records)
-    small, pretrained = load_t5(ModelSettings(model_name=str(T5_FOLDER), reduced=TINY))
-    assert not pretrained and small.config.vocab_size == 32101
-    assert (small.config.d_model, small.config.num_layers, small.config.num_decoder_layers) == (32, 1, 1)
-    assert small.shared.weight.shape == (32101, 32)
-
-
-def test_mirror_resolution_and_tokenizer(monkeypatch):
-    monkeypatch.delenv("ELMREC_MODEL_MIRROR", raising=False)
-    assert resolve_model_source(ModelSettings()) == ("t5-small", False)
-    assert resolve_model_source(ModelSettings(model_mirror=str(T5_FOLDER.parent))) == (str(T5_FOLDER), True)
-    monkeypatch.setenv("ELMREC_MODEL_MIRROR", str(T5_FOLDER.parent))
-    assert resolve_model_source(ModelSettings()) == (str(T5_FOLDER), True)
-    tokenizer = load_tokenizer(ModelSettings())
-    assert tokenizer("user_12252").input_ids[-1] == tokenizer.eos_token_id
-
-
-def test_offline_mode_skips_the_hub(monkeypatch):
-    monkeypatch.setattr("huggingface_hub.is_offline_mode", lambda: True)
-    assert not _hub_reachable()

@@ -239,15 +239,3 @@ def test_recorded_variant_run_holds_the_training_curve(workdir: Path) -> None:
     assert steps == [record["epoch"] for record in history["epochs"]]
     artifacts = {a.path for a in client.list_artifacts(recorded["run_id"], "train")}
     assert artifacts == {"train/history.json", "train/loss_curves.png"}
-
-
-def test_device_precision_setting() -> None:
-    from elmrec.train import Device
-
-    assert Device.resolve("cpu").amp_dtype is None  # auto on CPU: exact fp32
-    assert Device.resolve("cpu", "bf16").amp_dtype == torch.bfloat16
-    assert Device.resolve("cpu", "fp32").describe() == "cpu (fp32)"
-    if not torch.cuda.is_available():
-        assert Device.resolve("auto", "auto") == Device(torch.device("cpu"), None)
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
-            Device.resolve("cuda")

@@ -10,6 +10,8 @@ export ELMREC_MIRROR ?= $(if $(wildcard ../shared/data/.),$(abspath ../shared/da
 export ELMREC_MODEL_MIRROR ?= $(if $(wildcard ../shared/t5-small/.),$(abspath ../shared))
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= elmrec
+# The library's log lines outside a flow run (tests, notebooks) stay local, without a warning each.
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 # Passive OpenMP waits: spinning threads slow small ops badly on a busy 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 

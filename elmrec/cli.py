@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"elmrec: {path} is missing; run `elmrec task {producer}` first (same options)", file=sys.stderr)
             return 2
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "elmrec")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library logs outside a run
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.elmrec import elmrec  # Prefect is imported only when a flow actually runs
 

@@ -175,6 +175,7 @@ def service_env(paths: ServePaths, api_url: str, checkout: Path) -> dict[str, st
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),  # this venv first
     })
     env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "elmrec")
+    env.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library logs outside a flow run
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")  # a local server is cheap to poll
     return env
 

@@ -44,6 +44,7 @@ def test_spawn_detaches_logs_and_end_stops_the_whole_group(tmp_path: Path) -> No
     while grandchild.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not service.alive() and not grandchild.alive()
+    process.wait(timeout=5)  # already reaped by alive(): this only settles the Popen object
 
 
 def test_end_kills_what_ignores_sigterm(tmp_path: Path) -> None:
@@ -56,6 +57,7 @@ def test_end_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     started = time.monotonic()
     assert end([stubborn], timeout=1) == [process.pid]
     assert not stubborn.alive() and 1 <= time.monotonic() - started < 5  # outlived SIGTERM's 1 s grace: SIGKILL
+    process.wait(timeout=5)
 
 
 def test_wait_for_names_the_log_when_a_service_dies_or_hangs(tmp_path: Path) -> None:
@@ -63,12 +65,14 @@ def test_wait_for_names_the_log_when_a_service_dies_or_hangs(tmp_path: Path) -> 
     dies = spawn(python("import sys; print('bad config', flush=True); sys.exit(3)"), dict(os.environ), log, tmp_path)
     with pytest.raises(ServiceError, match=rf"the server exited with code 3; see {log}:\n(.|\n)*bad config$"):
         wait_for(lambda: False, dies, "the server", log, timeout=30)
+    dies.wait(timeout=5)
     hangs = spawn(python("import time; time.sleep(60)"), dict(os.environ), tmp_path / "hangs.log", tmp_path)
     try:
         with pytest.raises(ServiceError, match=r"the worker did not come up within 1s"):
             wait_for(lambda: False, hangs, "the worker", tmp_path / "hangs.log", timeout=1)
     finally:
         end([Proc.of(hangs.pid)])
+        hangs.wait(timeout=5)
     assert tail(tmp_path / "missing.log") == "(no log)"
     assert tail(log, lines=1) == "bad config"
 
@@ -80,3 +84,4 @@ def test_an_exited_child_is_reaped_and_not_alive(tmp_path: Path) -> None:
     while proc.alive() and time.monotonic() < deadline:  # alive() reaps our own zombie
         time.sleep(0.05)
     assert not proc.alive()
+    child.wait(timeout=5)

@@ -57,7 +57,8 @@ def parse_sequential(path: Path) -> pl.DataFrame:
     text = read_text(path)
     lines = pl.DataFrame({"text": text.splitlines()}).with_row_index("line", offset=1)
     lines = lines.filter(pl.col("text").str.strip_chars() != "")
-    tokens = lines.with_columns(pl.col("text").str.extract_all(r"\S+").alias("token")).explode("token")
+    tokens = lines.with_columns(pl.col("text").str.extract_all(r"\S+").alias("token"))
+    tokens = tokens.explode("token", empty_as_null=True)  # lines are non-empty: no empty lists
     tokens = tokens.with_columns(pl.col("token").cast(pl.Int64, strict=False).alias("id"))
     bad = tokens.filter(pl.col("id").is_null() | (pl.col("id") < 1) | (pl.col("id") > 2**31 - 1)).head(1)
     if bad.height:
@@ -116,7 +117,7 @@ def load_p5(raw_dir: Path) -> Corpus:
     if unknown_user.height:
         row = unknown_user.row(0, named=True)
         raise DataError(f"{seq_path}:{row['line']}: user {row['user']} is not in {maps_path.name} id2user")
-    items = per_line.select("line", "items").explode("items")
+    items = per_line.select("line", "items").explode("items", empty_as_null=True)
     unknown_item = items.filter(pl.col("items") > item_map.height).head(1)
     if unknown_item.height:
         row = unknown_item.row(0, named=True)

@@ -37,7 +37,7 @@ def load_corpus(data: DataSettings, raw_dir: Path) -> Corpus:
 def remap_items(corpus: Corpus, new_id: np.ndarray) -> Corpus:
     """Renumber items: old item i becomes new_id[i] (new_id[0] unused); drops items mapped to 0."""
     new_id = new_id.astype(np.int32)
-    exploded = corpus.histories.explode("items")
+    exploded = corpus.histories.explode("items", empty_as_null=False)
     exploded = exploded.with_columns(pl.Series("items", new_id[exploded["items"].to_numpy()]))
     histories = exploded.group_by("user", maintain_order=True).agg("items")
     item_map = corpus.item_map.with_columns(pl.Series("item", new_id[corpus.item_map["item"].to_numpy()]))
@@ -48,7 +48,7 @@ def remap_items(corpus: Corpus, new_id: np.ndarray) -> Corpus:
 def subset_users(corpus: Corpus, max_users: int) -> Corpus:
     """Keep users 1..max_users and the items they touch, renumbered densely in their original order."""
     histories = corpus.histories.filter(pl.col("user") <= max_users)
-    kept = np.unique(histories["items"].explode().to_numpy())
+    kept = np.unique(histories["items"].explode(empty_as_null=False).to_numpy())
     new_id = np.zeros(corpus.n_items + 1, dtype=np.int64)
     new_id[kept] = np.arange(1, kept.size + 1)
     users = corpus.user_map.filter(pl.col("user") <= max_users)
@@ -64,7 +64,7 @@ def shuffle_item_ids(corpus: Corpus, seed: int) -> Corpus:
 
 def split_interactions(histories: pl.DataFrame) -> pl.DataFrame:
     """One row per interaction with its position and split: last = test, second last = valid, rest = train."""
-    exploded = histories.explode("items").rename({"items": "item"})
+    exploded = histories.explode("items", empty_as_null=False).rename({"items": "item"})
     exploded = exploded.with_columns(pl.int_range(pl.len()).over("user").alias("position"),
                                      pl.len().over("user").alias("length"))
     split = (

@@ -94,7 +94,7 @@ def time_task(model, optimizer, tokenizer, data, settings, task: Task, device: D
     for i, rows in enumerate(batches):
         batch = device.put(collate(encoded, rows))
         start, cpu_start = time.perf_counter(), time.process_time()
-        train_step(model, optimizer, batch, task, device).item()  # .item(): wait for the device
+        train_step(model, optimizer, batch, task, device, args.micro_batch).item()  # .item(): wait for the device
         if i >= args.warmup:
             seconds.append(time.perf_counter() - start)
             cpu_seconds.append(time.process_time() - cpu_start)
@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--preset", default="paper", choices=["paper", "mini", "demo"],
                         help="settings (model shape, data subset) to time; the paper comparison needs paper")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--micro-batch", type=int, help="train.micro_batch_size: slices of this many prompts")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
@@ -154,7 +155,8 @@ def main() -> None:
     tokenizer = load_tokenizer(settings.model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), load average {os.getloadavg()[0]:.2f}; "
-          f"Beauty {data.n_users} users, {data.n_items} items; batch {args.batch_size}, "
+          f"Beauty {data.n_users} users, {data.n_items} items; batch {args.batch_size} "
+          f"(micro-batches of {args.micro_batch or args.batch_size}), "
           f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)
     devices = [] if args.skip_cpu else [Device(torch.device("cpu"), None)]
     if args.cpu_bf16:

@@ -85,6 +85,8 @@ class TrainSettings(_Strict):
     tasks: list[Task] = [Task.SEQUENTIAL, Task.DIRECT]  # batches alternate between these
     lr: float = 1e-3  # AdamW, as the paper
     batch_size: int = Field(64, ge=1)  # as the paper
+    micro_batch_size: int | None = Field(None, ge=1)  # forward/backward in slices of this many prompts: the
+    #                                                   same update in a slice's memory (None: whole batch)
     max_epochs: int = Field(20, ge=1)  # upper bound; early stopping usually ends sooner
     patience: int = Field(5, ge=1)  # epochs without a better mean validation loss before stopping
     max_history: int = Field(20, ge=1)  # history items in a sequential prompt

@@ -162,14 +162,27 @@ def make_optimizer(model: ELMRec, settings: Settings) -> torch.optim.AdamW:
 
 
 def train_step(model: ELMRec, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], task: Task,
-               device: Device) -> torch.Tensor:
-    """One optimizer step on one batch; returns the (detached) mean token loss."""
-    with device.autocast():
-        loss = model(batch["input_ids"], batch["ww_ids"], batch["attention_mask"], task, labels=batch["labels"]).loss
+               device: Device, micro_batch_size: int | None = None) -> torch.Tensor:
+    """One optimizer step on one batch; returns the (detached) mean token loss over the batch.
+
+    With `micro_batch_size`, forward and backward run on slices of that many prompts, each slice's mean loss
+    weighted by its share of the batch's target tokens: the gradient of the whole batch's mean loss (up to
+    dropout draws and rounding), in the activation memory of one slice. Without it the weight is exactly 1.
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    size = len(batch["input_ids"])
+    slice_size = micro_batch_size or size
+    tokens = (batch["labels"] != IGNORE_INDEX).sum()
+    total = torch.zeros((), device=device.device)
+    for begin in range(0, size, slice_size):
+        part = {name: tensor[begin:begin + slice_size] for name, tensor in batch.items()}
+        with device.autocast():
+            loss = model(part["input_ids"], part["ww_ids"], part["attention_mask"], task, labels=part["labels"]).loss
+        weight = (part["labels"] != IGNORE_INDEX).sum() / tokens
+        (loss * weight).backward()
+        total += loss.detach() * weight
     optimizer.step()  # no clipping, no schedule: as the authors' code
-    return loss.detach()
+    return total
 
 
 @torch.no_grad()
@@ -202,7 +215,8 @@ def run_epoch(model: ELMRec, optimizer: torch.optim.Optimizer, parts: list[TaskE
     samples, start = 0, time.perf_counter()
     with progress_bar(order, desc=f"epoch {epoch}", unit="batch", leave=False) as bar:
         for step, (part, rows) in enumerate(bar):
-            loss = train_step(model, optimizer, device.put(collate(part.encoded, rows)), part.task, device)
+            loss = train_step(model, optimizer, device.put(collate(part.encoded, rows)), part.task, device,
+                              settings.train.micro_batch_size)
             losses[part.task].append(loss)
             samples += len(rows)
             if step % 20 == 0:

@@ -119,7 +119,7 @@ def main() -> None:
     print(f"work dir {args.work}; {os.cpu_count()} cores")
     for name, stage in [("beauty: download (mirror copy + sha256)", "download"),
                         ("beauty: preprocess (parse, split, negatives, parquet)", "preprocess"),
-                        ("beauty: graph stage (read, build, normalise, save)", "graph"),
+                        ("beauty: graph stage (build, normalise, leak probe, save)", "graph"),
                         ("beauty: graph build + normalisation", "build"),
                         ("beauty: 4-layer propagation, scipy", "scipy"),
                         ("beauty: 4-layer propagation, torch sparse", "torch")]:

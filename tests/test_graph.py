@@ -3,12 +3,21 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
 from elmrec.config import DataSettings
 from elmrec.data.preprocess import preprocess
-from elmrec.graph import bipartite_adjacency, build_graph, load_adjacency, normalize, propagate, to_torch_sparse
+from elmrec.graph import (
+    bipartite_adjacency,
+    build_graph,
+    leak_probe,
+    load_adjacency,
+    normalize,
+    propagate,
+    to_torch_sparse,
+)
 from elmrec.paths import DataPaths, GraphPaths
 from tests.conftest import write_p5
 
@@ -86,3 +95,40 @@ def test_all_edges_leak_is_loud(tmp_path: Path, tiny_histories, caplog: pytest.L
 def test_graph_needs_preprocess_first(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run the preprocess stage first"):
         build_graph(DataPaths(tmp_path / "nothing"), GraphPaths(tmp_path / "g"))
+
+
+def probe_candidates(n_users: int, n_items: int) -> pl.DataFrame:
+    """User u's target is item u; its candidates are the target then 99 items no user touches."""
+    negatives = list(range(n_users + 1, n_users + 100))
+    return pl.DataFrame({"user": range(1, n_users + 1), "split": "test", "target": range(1, n_users + 1),
+                         "candidates": [[u, *negatives] for u in range(1, n_users + 1)]})
+
+
+def test_leak_probe_finds_held_out_edges_and_only_those() -> None:
+    n_users, n_items = 2000, 2099
+    users = np.arange(1, n_users + 1)
+    leaky = normalize(bipartite_adjacency(users, users, n_users, n_items))  # every user linked to its target
+    clean = normalize(bipartite_adjacency(users[:0], users[:0], n_users, n_items))  # no edge at all
+    candidates = probe_candidates(n_users, n_items)
+    assert leak_probe(leaky, candidates, n_users) == {"test": 1.0}  # the target wins for every user
+    chance = leak_probe(clean, candidates, n_users)["test"]
+    assert 0.03 < chance < 0.07  # 5 / 100, up to sampling noise over 2000 users
+    assert leak_probe(clean, candidates.head(0), n_users) == {}
+
+
+def test_graph_stage_records_the_leak_probe_at_chance_on_real_data(tmp_path: Path, real_mirror: Path) -> None:
+    """Beauty through the mirror: the training graph gives random features nothing (DESIGN.md §2: HR@5 ~ .05);
+    a graph with every edge hands them the held-out item."""
+    from elmrec.config import settings_for
+    from elmrec.data.download import download
+    from elmrec.paths import WorkPaths
+
+    settings = settings_for("paper", {"workdir": str(tmp_path), "data": {"mirror": str(real_mirror)}})
+    paths = WorkPaths.from_settings(settings)
+    download(settings.data, paths.raw, settings.resolved_mirror())
+    preprocess(settings.data, settings.seed, paths.raw, paths.data)
+    train = build_graph(paths.data, GraphPaths(tmp_path / "train"), "train")
+    leaky = build_graph(paths.data, GraphPaths(tmp_path / "all"), "all")
+    for split in ("valid", "test"):
+        assert 0.04 < train[f"leak_probe_{split}_hr_at_5"] < 0.06, train
+        assert leaky[f"leak_probe_{split}_hr_at_5"] > 0.3, leaky  # .43 valid, .44 test (DESIGN.md: ~.44)

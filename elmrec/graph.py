@@ -127,7 +127,9 @@ def build_graph(data: DataPaths, out: GraphPaths, edges: Literal["train", "all"]
         staged = GraphPaths(tmp)
         sp.save_npz(staged.adjacency, normalized, compressed=False)
         staged.stats.write_text(json.dumps(stats, indent=2) + "\n")
-    log.info("graph (%s edges): %d nodes, %d edges", edges, stats["n_nodes"], stats["n_edges"])
+    probes = ", ".join(f"{k.removeprefix('leak_probe_')} {v:.3f}" for k, v in stats.items() if k.startswith("leak_"))
+    log.info("graph (%s edges): %d nodes, %d edges; leak probe (chance 0.05): %s", edges, stats["n_nodes"],
+             stats["n_edges"], probes or "no candidates")
     return stats
 
 

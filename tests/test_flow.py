@@ -56,6 +56,7 @@ def test_flow_runs_every_stage_caches_reruns_and_records_mlflow(overrides: dict[
     children = [r for r in runs if r["tags"].get("mlflow.parentRunId") == parent["run_id"]]
     assert parent["tags"]["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
     assert parent["metrics"]["data.n_interactions"] == 18 and parent["status"] == "FINISHED"
+    assert {"graph.leak_probe_valid_hr_at_5", "graph.leak_probe_test_hr_at_5"} <= set(parent["metrics"])
     assert sorted(r["name"] for r in children) == ["baselines", "elmrec", "pod"]
     elmrec_child = next(r for r in children if r["name"] == "elmrec")
     assert "test.direct.hr_at_10" in elmrec_child["metrics"] and "valid_loss" in elmrec_child["metrics"]

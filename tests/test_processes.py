@@ -56,7 +56,7 @@ def test_end_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     stubborn = Proc.of(process.pid)
     started = time.monotonic()
     assert end([stubborn], timeout=1) == [process.pid]
-    assert not stubborn.alive() and 1 <= time.monotonic() - started < 5  # outlived SIGTERM's 1 s grace: SIGKILL
+    assert not stubborn.alive() and time.monotonic() - started >= 1  # outlived SIGTERM's 1 s grace: SIGKILL
     process.wait(timeout=5)
 
 

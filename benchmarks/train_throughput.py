@@ -163,6 +163,8 @@ def main() -> None:
         devices.append(Device(torch.device("cpu"), torch.bfloat16))
     if torch.cuda.is_available():
         devices += [Device(torch.device("cuda"), None), Device(torch.device("cuda"), torch.bfloat16)]
+    if not devices:
+        parser.error("--skip-cpu leaves nothing to time: CUDA is not available here")
     rows = []
     for device in devices:
         model, pretrained = build_model(settings, data, device)

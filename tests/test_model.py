@@ -12,10 +12,10 @@ from elmrec.config import ModelSettings, T5Size, Task
 from elmrec.graph import propagate
 from elmrec.model import ELMRec
 from elmrec.pretrained import load_t5
-from tests.conftest import T5_SMALL
+from tests.conftest import T5_SMALL, TINY_T5
 
 T5_FOLDER = T5_SMALL
-TINY = T5Size(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=1, num_decoder_layers=1)
+TINY = T5Size(**TINY_T5)
 N_USERS, N_ITEMS = 2, 3  # nodes: 0 pad, users 1-2, items 3-5
 EDGES = [(1, 3), (1, 4), (2, 4), (2, 5)]  # user node, item node
 BOTH = (Task.SEQUENTIAL, Task.DIRECT)

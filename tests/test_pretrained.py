@@ -12,9 +12,9 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from elmrec.config import ModelSettings, T5Size
 from elmrec.pretrained import _hub_reachable, load_t5, load_tokenizer, resolve_model_source
-from tests.conftest import T5_SMALL
+from tests.conftest import T5_SMALL, TINY_T5
 
-TINY = T5Size(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=1, num_decoder_layers=1)
+TINY = T5Size(**TINY_T5)
 
 
 def test_load_t5_without_weights_warns_and_reduces(caplog: pytest.LogCaptureFixture) -> None:

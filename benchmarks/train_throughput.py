@@ -4,7 +4,7 @@
     python benchmarks/train_throughput.py --preset demo --steps 1   # the demo preset's reduced T5: a smoke run
 
 Builds the full Beauty data through the pipeline's own stages (download from the mirror, preprocess, graph),
-then one training epoch's prompts exactly as the trainer does (`elmrec.train.epoch_prompts`, `encode_for`,
+then one training epoch's prompts exactly as the trainer does (`elmrec.train.epoch_prompts`, `ELMRec.encode`,
 bucketed batches), and times `elmrec.train.train_step` (forward, backward, fused AdamW step) on the first
 batches after warm-up. Reports s/step, samples/s, the tokenizer time per batch that the trainer spends once per
 epoch (the paper's code spends it inside every step), peak memory, and the speed-up over the paper's code on
@@ -37,7 +37,7 @@ from elmrec.device import Device
 from elmrec.graph import build_graph, propagate
 from elmrec.paths import WorkPaths
 from elmrec.pretrained import load_tokenizer
-from elmrec.train import TrainData, build_model, encode_for, epoch_prompts, make_optimizer, train_step
+from elmrec.train import TrainData, build_model, epoch_prompts, make_optimizer, train_step
 from elmrec.wholeword import bucketed_batches, collate
 
 PAPER_S_PER_STEP = {Task.SEQUENTIAL: 2.1, Task.DIRECT: 15.7}  # the authors' code, t5-small, batch 16, 2 CPU cores
@@ -84,7 +84,7 @@ def time_task(model, optimizer, tokenizer, data, settings, task: Task, device: D
     rng = np.random.default_rng(0)
     prompts = [prompts[i] for i in rng.choice(len(prompts), min(ENCODE_PROMPTS, len(prompts)), replace=False)]
     start = time.perf_counter()
-    encoded = encode_for(model, tokenizer, prompts, task)
+    encoded = model.encode(tokenizer, prompts, task)
     encode_s = (time.perf_counter() - start) / len(prompts) * args.batch_size  # tokenizer seconds per batch
     batches = bucketed_batches(encoded.lengths, args.batch_size, rng)[: args.warmup + args.steps]
     reset_peak_rss()

@@ -38,15 +38,14 @@ from elmrec.device import Device
 from elmrec.graph import load_adjacency
 from elmrec.metrics import DecodeResult
 from elmrec.model import ELMRec
-from elmrec.paths import DataPaths, WorkPaths, atomic_dir
+from elmrec.paths import METRICS_FILE, DataPaths, WorkPaths, atomic_dir
 from elmrec.pretrained import load_tokenizer
 from elmrec.prompts import Prompt, direct_eval, sequential_eval
 from elmrec.trie import ItemTrie
-from elmrec.wholeword import collate, encode
+from elmrec.wholeword import collate
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 PREDICTIONS = pl.Schema({"user": pl.Int32, "rank": pl.Int16, "item": pl.Int32, "score": pl.Float64})
 RANKED_TASKS = (Task.SEQUENTIAL, Task.DIRECT)  # explanation generation is not a ranking task
 COVERAGE_K = 10  # coverage@10, beside the paper's HR/NDCG cut-offs
@@ -147,10 +146,7 @@ def load_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | None
 def decode_inputs(model: ELMRec, tokenizer: Any, prompts: list[Prompt], task: Task,
                   candidates: list[list[int]] | None = None, histories: list[list[int]] | None = None) -> DecodeInputs:
     """Tokenize prompts with the whole-word ids the model expects for `task`, padded into one DecodeInputs."""
-    mode = model.ww_mode(task)
-    table = model.incremental_table if mode == "order" else model.node_table
-    encoded = encode(tokenizer, [p.text for p in prompts], mode, n_users=model.n_users,
-                     table_size=None if table is None else table.num_embeddings)
+    encoded = model.encode(tokenizer, [p.text for p in prompts], task)  # bare texts: no targets to tokenize
     if len(encoded) and int(encoded.lengths.max()) >= 512:
         logger.warning("%s: some prompts reach 512 tokens and were truncated", task.value)
     batch = collate(encoded, np.arange(len(encoded)), pad_id=tokenizer.pad_token_id)

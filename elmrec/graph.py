@@ -115,6 +115,7 @@ def build_graph(data: DataPaths, out: GraphPaths, edges: Literal["train", "all"]
     stats = {"n_nodes": adjacency.shape[0], "n_edges": int(adjacency.nnz // 2), "edges": edges,
              "n_users": n_users, "n_items": n_items,
              "n_isolated": int((np.diff(adjacency.indptr) == 0).sum())}
+    probes = {}
     if data.candidates.is_file():
         probes = leak_probe(normalized, schemas.read(data.candidates, schemas.CANDIDATES), n_users)
         for split, probe in probes.items():
@@ -127,9 +128,9 @@ def build_graph(data: DataPaths, out: GraphPaths, edges: Literal["train", "all"]
         staged = GraphPaths(tmp)
         sp.save_npz(staged.adjacency, normalized, compressed=False)
         staged.stats.write_text(json.dumps(stats, indent=2) + "\n")
-    probes = ", ".join(f"{k.removeprefix('leak_probe_')} {v:.3f}" for k, v in stats.items() if k.startswith("leak_"))
-    log.info("graph (%s edges): %d nodes, %d edges; leak probe (chance 0.05): %s", edges, stats["n_nodes"],
-             stats["n_edges"], probes or "no candidates")
+    log.info("graph (%s edges): %d nodes, %d edges; leak probe HR@%d (chance %.2f): %s", edges, stats["n_nodes"],
+             stats["n_edges"], PROBE_K, PROBE_K / 100,
+             ", ".join(f"{split} {probe:.3f}" for split, probe in probes.items()) or "no candidates")
     return stats
 
 

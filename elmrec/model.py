@@ -32,6 +32,8 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from elmrec.config import ModelSettings, Task
 from elmrec.graph import propagate, to_torch_sparse
+from elmrec.prompts import Prompt
+from elmrec.wholeword import Encoded, encode
 
 T5_DIR = "t5"  # save_pretrained folder inside a checkpoint
 TABLES_FILE = "elmrec_tables.safetensors"  # node / incremental tables and soft prompts
@@ -118,6 +120,14 @@ class ELMRec(nn.Module):
         if Task(task) is Task.SEQUENTIAL and self.settings.variant != "no_incremental":
             return "order"
         return "node"
+
+    def encode(self, tokenizer: Any, prompts: Sequence[Prompt] | Sequence[str], task: Task) -> Encoded:
+        """Tokenize prompts (or bare texts) with the ww ids this model expects for `task`, checked against the
+        size of the table they index."""
+        mode = self.ww_mode(task)
+        table = self.incremental_table if mode == "order" else self.node_table
+        return encode(tokenizer, prompts, mode, n_users=self.n_users,
+                      table_size=None if table is None else table.num_embeddings)
 
     def train(self, mode: bool = True) -> ELMRec:
         self._cache = None  # weights may change in train mode, and in any mode switch around it

@@ -97,6 +97,9 @@ def run_key(settings: Settings) -> str:
     return f"{settings.model.variant}-{digest(shaping)}"
 
 
+METRICS_FILE = "metrics.json"  # in every evaluation folder (model and baselines)
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The train stage's outputs, and the evaluate stage's below them."""

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from elmrec.config import Settings
+from elmrec.graph import PROBE_K
 
 METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "invalid_rate")
 
@@ -24,14 +25,14 @@ def metrics_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def leak_probe_line(graph: Mapping[str, Any]) -> str:
-    """The graph stage's leak probe in words: chance (5%) means the graph holds no held-out edge."""
-    probes = {k.removeprefix("leak_probe_").removesuffix("_hr_at_5"): v for k, v in graph.items()
+    """The graph stage's leak probe in words: chance (k/100) means the graph holds no held-out edge."""
+    probes = {k.removeprefix("leak_probe_").removesuffix(f"_hr_at_{PROBE_K}"): v for k, v in graph.items()
               if k.startswith("leak_probe_")}
     if not probes:
         return "Leak probe: not recorded."
     values = ", ".join(f"{split} {value:.3f}" for split, value in probes.items())
-    return (f"Leak probe (HR@5 of untrained graph features on the stored candidates; chance 0.05, a graph with "
-            f"the held-out edges about 0.44 on Beauty): {values}")
+    return (f"Leak probe (HR@{PROBE_K} of untrained graph features on the stored candidates; chance "
+            f"{PROBE_K / 100:.2f}, a graph with the held-out edges about 0.44 on Beauty): {values}")
 
 
 def summary_markdown(settings: Settings, data: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]],

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from elmrec.config import Settings, Stage
-from elmrec.paths import WorkPaths, digest
+from elmrec.paths import METRICS_FILE, WorkPaths, digest
 
 # The library modules whose code determines each stage's output.
 SOURCES: dict[str, tuple[str, ...]] = {
@@ -56,8 +56,8 @@ def outputs(settings: Settings, stage: str) -> list[Path]:
         "preprocess": paths.data.all(),
         "graph": paths.graph.all(),
         "train": [run.checkpoint, run.history],
-        "evaluate": [run.evaluation(settings.eval, settings.eval.split) / "metrics.json"],
-        "baselines": [paths.baselines(settings) / "metrics.json"],
+        "evaluate": [run.evaluation(settings.eval, settings.eval.split) / METRICS_FILE],
+        "baselines": [paths.baselines(settings) / METRICS_FILE],
     }[stage]
 
 

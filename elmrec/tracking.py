@@ -145,18 +145,6 @@ def run_url(settings: Settings, run_id: str) -> str:
     return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def find_runs(settings: Settings, filter_string: str = "") -> list[dict[str, Any]]:
     """Runs of the experiment as plain dicts (id, name, params, metrics, tags): for tests and reports."""
     configure(settings)

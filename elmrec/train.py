@@ -2,7 +2,7 @@
 
 Every epoch, for each task of `settings.train.tasks`:
     prompts = sequential_epoch / direct_epoch    rng = default_rng([seed, epoch, task, STREAM_PROMPTS])
-    encoded = encode(prompts)                   one batched tokenizer call per task and epoch
+    encoded = model.encode(prompts)             one batched tokenizer call per task and epoch
     batches = bucketed_batches(encoded.lengths)  rng = default_rng([seed, epoch, task, STREAM_BATCHES])
 then batches alternate between tasks (seq, direct, seq, direct, ..., then the rest of the longer list).
 Dropout draws from torch.manual_seed(f(seed, epoch)). So an epoch depends only on the weights and optimizer
@@ -42,7 +42,7 @@ from elmrec.paths import RunPaths, WorkPaths, atomic_path
 from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.progress import progress_bar
 from elmrec.prompts import Prompt, direct_epoch, direct_eval, sequential_epoch, sequential_eval
-from elmrec.wholeword import IGNORE_INDEX, Encoded, bucketed_batches, collate, encode
+from elmrec.wholeword import IGNORE_INDEX, Encoded, bucketed_batches, collate
 
 log = logging.getLogger(__name__)
 
@@ -121,19 +121,11 @@ def valid_prompts(task: Task, data: TrainData, settings: Settings) -> list[Promp
     return direct_eval(data.candidates.filter(pl.col("user").is_in(users.implode())), "valid")
 
 
-def encode_for(model: ELMRec, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], task: Task) -> Encoded:
-    """Tokenize prompts with the ww ids `model` expects for `task`, checked against its table size."""
-    mode = model.ww_mode(task)
-    table = model.incremental_table if mode == "order" else model.node_table
-    return encode(tokenizer, prompts, mode, n_users=model.n_users,
-                  table_size=None if table is None else table.num_embeddings)
-
-
 def build_epoch(model: ELMRec, tokenizer: PreTrainedTokenizerBase, data: TrainData, settings: Settings,
                 epoch: int) -> list[TaskEpoch]:
     parts = []
     for task in model.tasks:
-        encoded = encode_for(model, tokenizer, epoch_prompts(task, data, settings, epoch), task)
+        encoded = model.encode(tokenizer, epoch_prompts(task, data, settings, epoch), task)
         rng = np.random.default_rng([settings.seed, epoch, TASK_STREAM[task], STREAM_BATCHES])
         parts.append(TaskEpoch(task, encoded, bucketed_batches(encoded.lengths, settings.train.batch_size, rng)))
     return parts
@@ -284,7 +276,7 @@ def fit(model: ELMRec, optimizer: torch.optim.Optimizer, tokenizer: PreTrainedTo
         on_epoch: Callable[[EpochRecord], None] | None) -> None:
     """The epoch loop from state.epoch + 1; the next epoch's prompts are encoded while this one trains."""
     cfg = settings.train
-    valid = {task: encode_for(model, tokenizer, valid_prompts(task, data, settings), task) for task in model.tasks}
+    valid = {task: model.encode(tokenizer, valid_prompts(task, data, settings), task) for task in model.tasks}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="elmrec-encode") as encoder:
         # From here on only this worker thread uses the tokenizer (fast tokenizers are not re-entrant).
         pending: Future[list[TaskEpoch]] | None = None

@@ -12,8 +12,8 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.logging import get_run_logger
 
 from elmrec.config import Settings
-from elmrec.evaluate import METRICS_FILE, evaluate_baselines, evaluate_model
-from elmrec.paths import WorkPaths
+from elmrec.evaluate import evaluate_baselines, evaluate_model
+from elmrec.paths import METRICS_FILE, WorkPaths
 from tasks.caching import stage_cache
 
 

@@ -20,7 +20,7 @@ from prefect.runtime import deployment, flow_run
 
 from elmrec import plots, tracking
 from elmrec.config import Settings
-from elmrec.paths import WorkPaths
+from elmrec.paths import METRICS_FILE, WorkPaths
 from elmrec.report import summary_markdown
 
 FLOW_RUN_TAG = "prefect.flow_run_id"
@@ -79,8 +79,8 @@ def record_variant_task(settings: Settings, parent_run_id: str, variant: str) ->
             log.artifact(plots.loss_curves(history.get("epochs", []), Path(tmp) / "loss_curves.png",
                                            best_epoch=history.get("best_epoch")), artifact_dir="train")
     evaluation = run.evaluation(settings.eval, settings.eval.split)
-    if (evaluation / "metrics.json").is_file():
-        metrics = json.loads((evaluation / "metrics.json").read_text())
+    if (evaluation / METRICS_FILE).is_file():
+        metrics = json.loads((evaluation / METRICS_FILE).read_text())
         log.metrics(metrics, prefix=f"{settings.eval.split}.")
         log.artifact(evaluation, artifact_dir=f"eval/{settings.eval.split}")
     tracking.finish(settings, child)
@@ -91,15 +91,15 @@ def record_variant_task(settings: Settings, parent_run_id: str, variant: str) ->
 def record_baselines_task(settings: Settings, parent_run_id: str) -> dict[str, Any]:
     """Baseline metrics (popularity, random) as a child run, so tables always show the floor."""
     folder = WorkPaths.from_settings(settings).baselines(settings)
-    if not (folder / "metrics.json").is_file():
+    if not (folder / METRICS_FILE).is_file():
         return {}
     child = tracking.find_or_create_run(
         settings, "baselines", {}, match={FLOW_RUN_TAG: _flow_run_id(), "elmrec.role": "baselines"},
         parent_run_id=parent_run_id)
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = json.loads((folder / METRICS_FILE).read_text())
     log = tracking.RunLog(child)
     log.metrics(metrics, prefix=f"{settings.eval.split}.")
-    log.artifact(folder / "metrics.json")
+    log.artifact(folder / METRICS_FILE)
     tracking.finish(settings, child)
     return metrics
 

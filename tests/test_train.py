@@ -20,12 +20,12 @@ from elmrec.graph import build_graph
 from elmrec.model import T5_DIR, TABLES_FILE
 from elmrec.paths import WorkPaths
 from elmrec.train import EpochRecord, TrainData, train
-from tests.conftest import T5_SMALL, write_p5
+from tests.conftest import T5_SMALL, TINY_T5, write_p5
 
 pytestmark = [pytest.mark.skipif(not T5_SMALL.is_dir(), reason=f"needs the t5-small tokenizer at {T5_SMALL}"),
               pytest.mark.usefixtures("one_thread")]  # tests/conftest.py: tiny models run on one intra-op thread
 
-TINY = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "num_layers": 1, "num_decoder_layers": 1}
+TINY = TINY_T5
 N_USERS, N_ITEMS = 12, 30
 TIMING = ("seconds", "samples_per_s")  # the only fields of an EpochRecord that may differ between runs
 
@@ -259,7 +259,7 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch(workdir: Path) -> No
         elif isinstance(module, T5Attention):
             module.dropout = 0.0
     prompts = training.epoch_prompts(Task.DIRECT, data, settings, epoch=1)[:5]
-    encoded = training.encode_for(model, load_tokenizer(settings.model), prompts, Task.DIRECT)
+    encoded = model.encode(load_tokenizer(settings.model), prompts, Task.DIRECT)
     batch = collate(encoded, np.arange(5))
     batch["labels"][[0, 3], 1:] = -100  # targets of 1, 2, 2, 1, 2 tokens: the slices' weights matter
     assert (batch["labels"] != -100).sum(1).tolist() == [1, 2, 2, 1, 2]

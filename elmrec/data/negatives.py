@@ -21,7 +21,6 @@ def flat_histories(histories: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.
     return users, lengths, starts, flat
 
 
-
 def sample_negatives(
     histories: pl.DataFrame, n_items: int, rng: np.random.Generator, n_negatives: int = 99
 ) -> np.ndarray:

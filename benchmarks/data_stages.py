@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elmrec.config import settings_for
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
-from elmrec.graph import bipartite_adjacency, build_graph, load_adjacency, normalize, propagate, to_torch_sparse
+from elmrec.graph import build_graph, load_adjacency
+from elmrec.propagation import bipartite_adjacency, normalize, propagate, to_torch_sparse
 from elmrec.paths import WorkPaths
 
 

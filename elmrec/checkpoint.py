@@ -9,34 +9,42 @@
 No pickles: tensors go to safetensors, everything else to JSON. Every weight, moment and step count is stored
 exactly, and the random streams of an epoch are derived from (seed, epoch), so a resumed run repeats an
 uninterrupted one bit for bit.
+
+A finished model is never destroyed. `RunPaths.checkpoint` + `history.json` (+ `last/`) always describe a
+finished training; a training in progress writes the same three into `RunPaths.attempt` (`attempt/`), and
+`promote` moves them over the finished ones only once the attempt has finished. Evaluation asks
+`checkpoint_to_evaluate`, which refuses a run whose training has not finished unless told `allow_unfinished`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from elmrec.config import Settings
-from elmrec.paths import atomic_dir, digest
+from elmrec.paths import RunPaths, atomic_dir
+from elmrec.shapes import key
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_JSON = "optimizer.json"
 STATE_FILE = "state.json"
 
+log = logging.getLogger(__name__)
+
 
 def fingerprint(settings: Settings) -> str:
     """A hash of everything that shapes the training trajectory; last/ of other values is not resumed from."""
-    shaping = {"seed": settings.seed, "n_negatives": settings.data.n_negatives,
-               "model": settings.model.model_dump(mode="json", exclude={"model_mirror"}),
-               "train": settings.train.model_dump(mode="json")}
-    return digest(shaping, length=16)
+    return key(settings, "train", length=16)
 
 
 @dataclass
@@ -48,18 +56,25 @@ class TrainState:
     epoch: int = 0  # epochs completed
     best_epoch: int = 0  # 0: none yet
     best_valid_loss: float = math.inf
-    stale: int = 0  # epochs since the best one
+    stale: int = 0  # non-improving epochs, as the early-stopping rule counts them
     history: list[dict[str, Any]] = field(default_factory=list)  # one EpochRecord (as a dict) per epoch
 
     def done(self, max_epochs: int, patience: int) -> bool:
         return self.epoch >= max_epochs or self.stale >= patience
 
-    def update(self, epoch: int, valid_loss: float) -> bool:
-        """Count one more epoch; True if its validation loss is the best so far (strictly lower)."""
+    def update(self, epoch: int, valid_loss: float,
+               rule: Literal["consecutive", "cumulative"] = "consecutive") -> bool:
+        """Count one more epoch; True if its validation loss is the best so far (strictly lower).
+
+        consecutive: `stale` = epochs since the best one (an improvement resets it).
+        cumulative: `stale` = non-improving epochs in total, never reset (the authors' `endure_count`).
+        """
         self.epoch = epoch
         improved = valid_loss < self.best_valid_loss  # NaN never improves
         if improved:
-            self.best_epoch, self.best_valid_loss, self.stale = epoch, valid_loss, 0
+            self.best_epoch, self.best_valid_loss = epoch, valid_loss
+            if rule == "consecutive":
+                self.stale = 0
         else:
             self.stale += 1
         return improved
@@ -87,8 +102,8 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     if meta["type"] != type(optimizer).__name__:
         raise ValueError(f"{folder}: saved optimizer {meta['type']} != {type(optimizer).__name__}")
     state: dict[int, dict[str, Any]] = {}
-    for key, value in [*load_file(str(folder / OPTIMIZER_TENSORS)).items(), *meta["values"].items()]:
-        index, name = key.split(".", 1)
+    for entry, value in [*load_file(str(folder / OPTIMIZER_TENSORS)).items(), *meta["values"].items()]:
+        index, name = entry.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in meta["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
@@ -115,3 +130,101 @@ def load_last(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
         raise ValueError(f"{folder}: weights do not match the model (missing {missing}, unexpected {unexpected})")
     load_optimizer(optimizer, folder)
     return state
+
+
+# ---------------------------------------------------------------- finished trainings and attempts
+
+
+class UnfinishedTraining(RuntimeError):
+    """The run holds no finished training (only an attempt in progress, or an interrupted legacy run)."""
+
+
+def read_history(path: Path) -> dict[str, Any] | None:
+    """history.json as a dict, or None when the file is missing."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_finished(run: RunPaths) -> bool:
+    """Whether `run` (a run folder or its attempt) holds a finished training: history.json says so."""
+    history = read_history(run.history)
+    return bool(history and history.get("finished"))
+
+
+def promote(run: RunPaths) -> None:
+    """Move the finished attempt's checkpoint/, last/ and history.json over the run's, then drop the attempt.
+
+    history.json goes first and comes back last: in between the run claims no finished training, so a crash
+    mid-way leaves a run that evaluation refuses, never a history paired with another training's model. The
+    attempt's history stays until the end, so calling promote again completes an interrupted promotion.
+    """
+    attempt = run.attempt
+    if not is_finished(attempt):
+        raise UnfinishedTraining(f"{attempt.root} holds no finished training to promote")
+    best_epoch = read_history(attempt.history)["best_epoch"]
+    run.history.unlink(missing_ok=True)
+    for source, target in ((attempt.checkpoint, run.checkpoint), (attempt.last, run.last)):
+        if source.is_dir():
+            with atomic_dir(target) as tmp:
+                tmp.rmdir()
+                source.rename(tmp)
+    if best_epoch == 0 and run.checkpoint.is_dir():  # no epoch had a finite validation loss: no best model
+        shutil.rmtree(run.checkpoint)
+    os.replace(attempt.history, run.history)
+    shutil.rmtree(attempt.root)
+    log.info("%s: the finished attempt replaced the run's checkpoint/ and history.json", run.root)
+
+
+def resumable(run: RunPaths, settings: Settings) -> bool:
+    """Whether `run` (usually an attempt) holds a last/ written with these settings."""
+    return (run.last / STATE_FILE).is_file() and read_state(run.last).fingerprint == fingerprint(settings)
+
+
+def finished_state(run: RunPaths, settings: Settings) -> TrainState | None:
+    """The state of the run's finished training when it was trained with these settings, else None."""
+    if not is_finished(run) or not (run.last / STATE_FILE).is_file():
+        return None
+    state = read_state(run.last)
+    done = state.done(settings.train.max_epochs, settings.train.patience)
+    return state if done and state.fingerprint == fingerprint(settings) else None
+
+
+def attempt_state(run: RunPaths, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fresh: TrainState,
+                  resume: bool) -> TrainState:
+    """With resume, the state of the run's unfinished attempt (loaded into model and optimizer) when it has
+    these settings; otherwise `fresh`, after discarding any earlier attempt."""
+    attempt = run.attempt
+    saved = {folder: read_state(folder) for folder in (attempt.last, run.last)
+             if resume and (folder / STATE_FILE).is_file()}
+    if attempt.last in saved and saved[attempt.last].fingerprint == fresh.fingerprint:
+        state = load_last(attempt.last, model, optimizer)
+        log.info("resuming %s after epoch %d (best epoch %d)", attempt.root, state.epoch, state.best_epoch)
+        return state
+    for folder, state in saved.items():
+        if state.fingerprint != fresh.fingerprint:
+            log.warning("%s was written with other settings (fingerprint %s, now %s): training afresh", folder,
+                        state.fingerprint, fresh.fingerprint)
+    if attempt.root.exists():
+        log.info("%s: discarding an unfinished attempt (resume=%s)", attempt.root, resume)
+        shutil.rmtree(attempt.root)
+    return fresh
+
+
+def checkpoint_to_evaluate(run: RunPaths, allow_unfinished: bool = False) -> Path:
+    """The checkpoint folder evaluation should load: the finished training's.
+
+    Without a finished training: with `allow_unfinished`, the best model so far of the attempt in progress (or
+    of an interrupted run of the older layout); otherwise UnfinishedTraining. No model at all: FileNotFoundError.
+    """
+    if is_finished(run) and run.checkpoint.is_dir():
+        return run.checkpoint
+    in_progress = [c for c in (run.attempt.checkpoint, run.checkpoint) if c.is_dir()]
+    if allow_unfinished and in_progress:
+        log.warning("%s: evaluating an UNFINISHED training (allow_unfinished)", in_progress[0])
+        return in_progress[0]
+    if not in_progress:
+        raise FileNotFoundError(f"{run.root} holds no trained model; run the train stage first (elmrec task train)")
+    history = read_history(run.attempt.history) or read_history(run.history) or {}
+    raise UnfinishedTraining(
+        f"{run.root}: training has not finished (epoch {len(history.get('epochs', []))} of "
+        f"{history.get('max_epochs', '?')} done); resume it (train with resume), or evaluate the best model so far "
+        f"with allow_unfinished")

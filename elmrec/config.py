@@ -11,9 +11,11 @@ import copy
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from elmrec.data.sources import check_dataset
 
 
 class Task(str, Enum):
@@ -35,7 +37,8 @@ class Stage(str, Enum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True,
+                              allow_inf_nan=False)  # nan/inf fail here, not after an epoch
 
 
 class DataSettings(_Strict):
@@ -48,6 +51,8 @@ class DataSettings(_Strict):
     id_scheme: Literal["p5", "shuffled"] = "p5"  # shuffled removes the consecutive-item-ID order leak
     graph_edges: Literal["train", "all"] = "train"  # "all" leaks validation/test edges into the graph
     n_negatives: int = Field(99, ge=1)  # negatives per evaluation user (the paper: 99)
+    negatives: Literal["seeded", "authors"] = "seeded"  # test negatives: drawn once here, or the P5 source's
+    #   negative.txt (the authors' fixed lists; validation candidates stay seeded: the authors re-drew them)
     max_users: int | None = Field(None, ge=3)  # keep the first N users only (mini/demo subsets); None = all
 
     @field_validator("dataset")
@@ -57,38 +62,59 @@ class DataSettings(_Strict):
             raise ValueError(f"not a usable dataset name: {value!r}")
         return value.lower()
 
+    @model_validator(mode="after")
+    def _known_dataset(self) -> DataSettings:
+        try:
+            check_dataset(self.source, self.dataset, self.category)
+        except ValueError as error:
+            raise ValueError(f"data.dataset: {error}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _authors_negatives_need_the_whole_p5_dataset(self) -> DataSettings:
+        if self.negatives == "authors" and (self.source == "amazon2014" or self.max_users is not None
+                                            or self.n_negatives != 99):
+            raise ValueError("data.negatives: 'authors' reads the P5 layout's negative.txt (99 per user, every user): "
+                             "it needs source p5 or local, max_users None and n_negatives 99")
+        return self
+
 
 class T5Size(_Strict):
     """A reduced T5 shape (same tokenizer), for demos that must finish in minutes on a CPU."""
 
-    d_model: int = 64
-    d_ff: int = 128
-    d_kv: int = 16
-    num_heads: int = 4
-    num_layers: int = 2
-    num_decoder_layers: int = 2
+    d_model: int = Field(64, ge=1)
+    d_ff: int = Field(128, ge=1)
+    d_kv: int = Field(16, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_decoder_layers: int = Field(2, ge=1)
 
 
 class ModelSettings(_Strict):
     model_name: str = "t5-small"  # hub name or local folder with config.json + spiece.model
     model_mirror: str | None = None  # folder holding <model_name>/, tried before the hub (env ELMREC_MODEL_MIRROR)
     reduced: T5Size | None = None  # set: build a smaller T5 from the config, never load weights
-    variant: Literal["elmrec", "pod", "no_graph", "no_incremental"] = "elmrec"  # ablations, one setting away
-    alpha: float = 6.0  # scale of the whole-word embedding added to token embeddings (Beauty sequential)
-    sigma: float = 6.0  # std of the N(0, sigma) init of the graph node table
+    allow_random_init: bool = False  # full-shape T5 without pretrained weights: refuse (a random t5-small is not
+    #                                  the paper's model) unless set, for benchmarks and tests of the shape
+    variant: Literal["elmrec", "no_graph", "no_incremental"] = "elmrec"  # ablations, one setting away (POD: alpha 0)
+    alpha: float = Field(6.0, ge=0)  # scale of the whole-word embedding added to token embeddings (Beauty sequential)
+    sigma: float = Field(6.0, gt=0)  # std of the N(0, sigma) init of the graph node table
     n_layers: int = Field(4, ge=0)  # LightGCN layers L
     prompt_num: int = Field(3, ge=0)  # soft prompt vectors per task (POD)
-    incremental_size: int = 512  # rows of the incremental (order-of-appearance) table
+    incremental_size: int = Field(512, ge=2)  # rows of the incremental (order-of-appearance) table
 
 
 class TrainSettings(_Strict):
     tasks: list[Task] = [Task.SEQUENTIAL, Task.DIRECT]  # batches alternate between these
-    lr: float = 1e-3  # AdamW, as the paper
+    lr: float = Field(1e-3, gt=0, le=1)  # AdamW, as the paper
     batch_size: int = Field(64, ge=1)  # as the paper
     micro_batch_size: int | None = Field(None, ge=1)  # forward/backward in slices of this many prompts: the
     #                                                   same update in a slice's memory (None: whole batch)
     max_epochs: int = Field(20, ge=1)  # upper bound; early stopping usually ends sooner
     patience: int = Field(5, ge=1)  # epochs without a better mean validation loss before stopping
+    early_stopping: Literal["consecutive", "cumulative"] = "consecutive"  # patience counts the epochs since the
+    #   best one (consecutive) or every non-improving epoch, never reset (cumulative: the authors' code)
+    passes_per_epoch: int = Field(1, ge=1)  # passes over the users per task in one epoch (fresh prompts each)
     max_history: int = Field(20, ge=1)  # history items in a sequential prompt
     valid_users: int | None = Field(2000, ge=1)  # users for the validation loss; None = all
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
@@ -96,26 +122,96 @@ class TrainSettings(_Strict):
     #                                                      is ~1.5-2x faster on recent x86 but less exact)
 
 
+DirectDecoder = Literal["score", "beam"]  # score: all 100 candidates, exactly; beam: the paper's free beam search
+SequentialDecoder = Literal["constrained", "rerank"]  # constrained: trie beam search; rerank: the paper's
+
+
+def _decoder_list(value: list[str], kinds: tuple[str, ...]) -> list[str]:
+    """Non-empty, no duplicates; put in the canonical order of `kinds` (one evaluation folder per set)."""
+    if not value:
+        raise ValueError("name at least one decoder")
+    if len(set(value)) != len(value):
+        raise ValueError(f"duplicate decoders in {value}")
+    return sorted(value, key=kinds.index)
+
+
 class EvalSettings(_Strict):
     split: Literal["valid", "test"] = "test"
-    direct_mode: Literal["score", "beam"] = "score"  # score ranks all 100 candidates exactly
-    sequential_mode: Literal["constrained", "rerank"] = "constrained"
-    direct_beams: int = 20  # paper
-    sequential_beams: int = 30  # paper
-    top_n: int = 10
-    rerank_n: int = 15  # N extra beams returned before history items are dropped (paper's N)
-    batch_size: int = 32
-    max_users: int | None = None  # evaluate the first N users only; None = all
+    direct_decoders: list[DirectDecoder] = ["score"]  # evaluated side by side in one stage; the paper preset
+    sequential_decoders: list[SequentialDecoder] = ["constrained"]  # adds the paper's decoders (beam, rerank)
+    direct_beams: int = Field(20, ge=1)  # paper
+    sequential_beams: int = Field(30, ge=1)  # paper
+    top_n: int = Field(10, ge=1)  # length of each ranked list (HR/NDCG@k for k <= top_n)
+    rerank_n: int = Field(15, ge=0)  # N extra beams returned before history items are dropped (paper's N)
+    batch_size: int = Field(32, ge=1)  # users per decoding batch
+    max_users: int | None = Field(None, ge=1)  # evaluate the first N users only; None = all
+
+    @field_validator("direct_decoders")
+    @classmethod
+    def _direct(cls, value: list[str]) -> list[str]:
+        return _decoder_list(value, get_args(DirectDecoder))
+
+    @field_validator("sequential_decoders")
+    @classmethod
+    def _sequential(cls, value: list[str]) -> list[str]:
+        return _decoder_list(value, get_args(SequentialDecoder))
+
+
+class SASRecSettings(_Strict):
+    """SASRec (Kang & McAuley 2018), a classic baseline (elmrec.sasrec); runs on train.device."""
+
+    dim: int = Field(64, ge=1)  # hidden size (the paper: 50; 64 is the usual modern choice)
+    n_blocks: int = Field(2, ge=1)  # self-attention blocks, as the paper
+    n_heads: int = Field(1, ge=1)  # one head, as the paper (more did not help there)
+    dropout: float = Field(0.5, ge=0, lt=1)  # the paper's rate for the sparse Amazon data
+    max_len: int = Field(50, ge=2)  # last training items attended to, as the paper for Amazon
+    loss: Literal["ce", "bce"] = "ce"  # ce: softmax over all items, stronger than bce with one negative
+    #                                    (Klenitskiy & Vasilev 2023); bce: the paper's loss
+    lr: float = Field(2e-3, gt=0, le=1)  # Adam; twice the paper's: Beauty peaks at epoch ~13, not ~30
+    weight_decay: float = Field(0.0, ge=0)  # AdamW decay; dropout regularises enough at this size
+    batch_size: int = Field(128, ge=1)  # as the paper
+    max_epochs: int = Field(50, ge=1)  # upper bound; early stopping ends Beauty after ~16 (~20-40 s each)
+    patience: int = Field(3, ge=1)  # evaluations without a better validation NDCG@10; 3 keeps Beauty in 10 min
+    eval_every: int = Field(1, ge=1)  # epochs between validation evaluations
+    valid_users: int | None = Field(5000, ge=1)  # first N users for validation (None = all): a fifth of the
+    #                                             cost of all of Beauty's; the criterion's standard error ~.002
+    select_task: Task = Task.SEQUENTIAL  # whose validation NDCG@10 picks the best epoch: SASRec's own task
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> SASRecSettings:
+        if self.dim % self.n_heads:
+            raise ValueError(f"sasrec.dim ({self.dim}) must be a multiple of sasrec.n_heads ({self.n_heads})")
+        return self
+
+
+class LightGCNSettings(_Strict):
+    """LightGCN (He et al. 2020) with BPR, a classic baseline (elmrec.lightgcn); runs on train.device."""
+
+    dim: int = Field(64, ge=1)  # as the paper
+    n_layers: int = Field(3, ge=0)  # the paper's best on most data; 4 adds little and smooths more
+    lr: float = Field(1e-2, gt=0, le=1)  # Adam; 10x the paper's, with 4x its batch: best epoch ~7 on Beauty
+    reg: float = Field(1e-4, ge=0)  # L2 on the batch's layer-0 embeddings, as the paper
+    batch_size: int = Field(8192, ge=1)  # BPR triples per step; every step propagates over the whole graph,
+    #                                      so larger batches make an epoch cheaper (Beauty: 19 steps)
+    max_epochs: int = Field(100, ge=1)  # upper bound; early stopping ends Beauty after ~12
+    patience: int = Field(5, ge=1)  # evaluations without a better validation NDCG@10
+    eval_every: int = Field(1, ge=1)  # epochs between validation evaluations
+    valid_users: int | None = Field(5000, ge=1)  # first N users for validation: direct NDCG@10 ~.26 has a
+    #                                             standard error ~.004 there, at a quarter of all users' cost
+    select_task: Task = Task.DIRECT  # whose validation NDCG@10 picks the best epoch: the task LightGCN serves
 
 
 class Settings(_Strict):
-    seed: int = 2024  # seeds negatives, samplers, initialisation
+    seed: int = Field(2024, ge=0)  # seeds negatives, samplers, initialisation
     workdir: Path = Path("work")  # every artifact lives below it (env ELMREC_WORKDIR)
     tracking_uri: str | None = None  # MLflow store; None = sqlite:///<workdir>/mlflow.db
+    recommender: Literal["elmrec", "sasrec", "lightgcn"] = "elmrec"  # the model a run trains and evaluates
     data: DataSettings = DataSettings()
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
+    sasrec: SASRecSettings = SASRecSettings()  # used when recommender = "sasrec"
+    lightgcn: LightGCNSettings = LightGCNSettings()  # used when recommender = "lightgcn"
 
     @field_validator("workdir")
     @classmethod
@@ -154,7 +250,17 @@ def paper_overrides(dataset: str, tuned_for: Task) -> dict[str, Any]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's setting (Beauty, sequential-tuned); `full` deployments combine it with paper_overrides.
-    "paper": {},
+    "paper": {
+        "train": {
+            "max_epochs": 100,  # the authors' --epochs
+            "early_stopping": "cumulative",  # their endure_count: 5 non-improving epochs in total, never reset
+            # Their rotation gives each task floor((floor(E/64) + 2 floor(U/64)) / 3) batches of 64 per epoch (E:
+            # explanation training records, ~0.8 x interactions): 1059 on Beauty = 3.0 passes over its 22,363
+            # users (Sports 2.9, Toys 3.0).
+            "passes_per_epoch": 3,
+        },
+        "eval": {"direct_decoders": ["score", "beam"], "sequential_decoders": ["constrained", "rerank"]},
+    },
     # The whole pipeline in minutes on 2 CPU cores: Beauty subset, reduced T5, few epochs.
     "demo": {
         "data": {"max_users": 2000},
@@ -178,14 +284,22 @@ Preset = Literal["paper", "mini", "demo"]  # the keys of PRESETS, as a type Pref
 # Variants that differ only in decoding share one trained checkpoint (its folder hashes model + train only).
 VARIANTS: dict[str, dict[str, Any]] = {
     "elmrec": {},
-    "pod": {"model": {"variant": "pod"}},  # alpha = 0: T5 + soft prompts, no whole-word embeddings
+    "pod": {"model": {"alpha": 0.0}},  # POD: T5 + soft prompts, no whole-word embeddings
     "no_graph": {"model": {"variant": "no_graph"}},  # whole-word table without LightGCN propagation
     "no_incremental": {"model": {"variant": "no_incremental"}},  # sequential prompts use graph ww ids
-    "paper_decoding": {"eval": {"direct_mode": "beam", "sequential_mode": "rerank"}},  # the paper's decoders
+    "paper_decoding": {"eval": {"direct_decoders": ["score", "beam"],  # the paper's decoders beside the exact
+                                "sequential_decoders": ["constrained", "rerank"]}},
+    "shuffled_ids": {"data": {"id_scheme": "shuffled"}},  # how much survives without the item-ID order leak
+    "leaky_graph": {"data": {"graph_edges": "all"}},  # how much held-out edges in the graph add (a leak)
+    "sasrec": {"recommender": "sasrec"},  # classic baseline: self-attentive sequential recommendation
+    "lightgcn": {"recommender": "lightgcn"},  # classic baseline: LightGCN trained with BPR on the same graph
     "direct_tuned": {},  # paper Table 9 hyper-parameters tuned for direct recommendation (see variant_settings)
     "sequential_tuned": {},  # ... and for sequential recommendation
 }
-Variant = Literal["elmrec", "pod", "no_graph", "no_incremental", "paper_decoding", "direct_tuned", "sequential_tuned"]
+Variant = Literal[
+    "elmrec", "pod", "no_graph", "no_incremental", "paper_decoding", "shuffled_ids", "leaky_graph", "sasrec",
+    "lightgcn", "direct_tuned", "sequential_tuned",
+]  # the keys of VARIANTS, as a type Prefect can validate (a test keeps the two equal)
 
 
 def variant_settings(base: Settings, name: str) -> Settings:

@@ -5,15 +5,19 @@ same code turns it into metrics and a predictions table.
 
 - Split (EvalSettings.split): `valid` uses the second-last item and the stored validation candidates; `test` the
   last item and the stored test candidates. `max_users` keeps the first N users (by user ID).
-- Direct: rank the user's stored candidates (decode.rank_direct, `score` or `beam`).
-- Sequential: rank the whole catalogue given the last `train.max_history` items; never recommend an item the
-  user interacted with before the target (decode.rank_sequential, `constrained` or `rerank`).
+- Direct: rank the user's stored candidates with each of `eval.direct_decoders` (`score`, the paper's `beam`),
+  from one tokenization of the prompts and one encoder pass per batch (decode.rank_direct).
+- Sequential: rank the whole catalogue given the last `train.max_history` items with each of
+  `eval.sequential_decoders` (`constrained`, the paper's `rerank`); never recommend an item the user interacted
+  with before the target (decode.rank_sequential).
+- Baselines rank by scores: their one decoder is `score` (metrics.SCORE_DECODER).
 
-Outputs, written together (atomically) into `RunPaths.evaluation(eval, split)` or `WorkPaths.baselines(settings)`:
+Outputs, written together (atomically) into `RunPaths.evaluation(settings)` or `WorkPaths.baselines(settings)`:
 
-    metrics.json                  {task: {hr@1, hr@5, hr@10, ndcg@5, ndcg@10, invalid_rate, coverage@10, n_users,
-                                          n_invalid, mode}}                     (baselines: {baseline: {task: ...}})
-    predictions_<task>.parquet    user int32, rank int16 (1-based), item int32 (-1 = invalid), score float64
+    metrics.json        {task: {decoder: {hr@1, hr@5, hr@10, ndcg@5, ndcg@10, invalid_rate, coverage@10,
+                                          n_users, n_invalid}}}     (baselines: {baseline: {task: {"score": ...}}})
+    predictions_<task>_<decoder>.parquet      (baselines: predictions_<baseline>_<task>_score.parquet)
+                        user int32, rank int16 (1-based), item int32 (-1 = invalid), score float64
 """
 
 from __future__ import annotations
@@ -31,18 +35,19 @@ import polars as pl
 import torch
 
 from elmrec import baselines
+from elmrec.checkpoint import checkpoint_to_evaluate
 from elmrec.config import Settings, Task
 from elmrec.data import schemas
 from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
 from elmrec.device import Device
 from elmrec.graph import load_adjacency
-from elmrec.metrics import DecodeResult
+from elmrec.metrics import SCORE_DECODER, DecodeResult
 from elmrec.model import ELMRec
 from elmrec.paths import METRICS_FILE, DataPaths, WorkPaths, atomic_dir
 from elmrec.pretrained import load_tokenizer
 from elmrec.prompts import Prompt, direct_eval, sequential_eval
 from elmrec.trie import ItemTrie
-from elmrec.wholeword import collate
+from elmrec.wholeword import MAX_PROMPT_TOKENS, collate
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +107,10 @@ def targets_of(prompts: list[Prompt]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- scoring, writing
 
 
-def score(result: DecodeResult, targets: np.ndarray, n_items: int, mode: str) -> dict[str, Any]:
-    """HR@1/5/10, NDCG@5/10, invalid rate, coverage@10 of one ranking, plus its size and mode."""
+def score(result: DecodeResult, targets: np.ndarray, n_items: int) -> dict[str, Any]:
+    """HR@1/5/10, NDCG@5/10, invalid rate, coverage@10 of one ranking, plus its size."""
     values: dict[str, Any] = result.metrics(targets, n_items, k=COVERAGE_K)
-    values.update(n_users=len(result.users), n_invalid=int(result.n_invalid), mode=mode)
+    values.update(n_users=len(result.users), n_invalid=int(result.n_invalid))
     return values
 
 
@@ -134,9 +139,14 @@ def write_outputs(folder: Path, metrics: dict[str, Any], predictions: dict[str, 
 # ---------------------------------------------------------------------------------------------- the model
 
 
-def load_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | None = None) -> ELMRec:
-    """The trained model (eval mode, on the configured device), with Â when the graph stage has written it."""
-    checkpoint = Path(checkpoint_dir) if checkpoint_dir else paths.run(settings).checkpoint
+def load_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | None = None,
+               allow_unfinished: bool = False) -> ELMRec:
+    """The trained model (eval mode, on the configured device), with Â when the graph stage has written it.
+
+    By default the run's finished checkpoint (checkpoint.checkpoint_to_evaluate: an unfinished training is refused
+    unless `allow_unfinished`, which takes its best model so far)."""
+    checkpoint = Path(checkpoint_dir) if checkpoint_dir else checkpoint_to_evaluate(paths.run(settings),
+                                                                                    allow_unfinished)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint} is missing; run the train stage first (elmrec task train)")
     adjacency = load_adjacency(paths.graph) if paths.graph.adjacency.is_file() else None
@@ -147,41 +157,40 @@ def decode_inputs(model: ELMRec, tokenizer: Any, prompts: list[Prompt], task: Ta
                   candidates: list[list[int]] | None = None, histories: list[list[int]] | None = None) -> DecodeInputs:
     """Tokenize prompts with the whole-word ids the model expects for `task`, padded into one DecodeInputs."""
     encoded = model.encode(tokenizer, [p.text for p in prompts], task)  # bare texts: no targets to tokenize
-    if len(encoded) and int(encoded.lengths.max()) >= 512:
-        logger.warning("%s: some prompts reach 512 tokens and were truncated", task.value)
+    if len(encoded) and int(encoded.lengths.max()) >= MAX_PROMPT_TOKENS:
+        logger.warning("%s: some prompts reach %d tokens and were truncated", task.value, MAX_PROMPT_TOKENS)
     batch = collate(encoded, np.arange(len(encoded)), pad_id=tokenizer.pad_token_id)
     return DecodeInputs(batch["input_ids"], batch["attention_mask"], batch["ww_ids"], [p.user for p in prompts],
                         candidates=candidates, histories=histories)
 
 
 def rank_task(model: ELMRec, tokenizer: Any, trie: ItemTrie, data: EvalData, task: Task,
-              settings: Settings, progress: bool = True) -> tuple[DecodeResult, np.ndarray, str]:
-    """(ranking, targets, mode) of one task over the evaluation users."""
+              settings: Settings, progress: bool = True) -> tuple[dict[str, DecodeResult], np.ndarray]:
+    """({decoder: ranking}, targets) of one task over the evaluation users: the prompts are tokenized once and
+    every configured decoder of the task ranks them (one encoder pass per batch)."""
     prompts = data.prompts(task, settings.train.max_history)
     if task is Task.DIRECT:
         inputs = decode_inputs(model, tokenizer, prompts, task, candidates=data.candidate_lists())
-        mode = settings.eval.direct_mode
-        result = rank_direct(model, inputs, trie, settings.eval, mode=mode, progress=progress)
+        results = rank_direct(model, inputs, trie, settings.eval, progress=progress)
     else:
         exclusions = data.exclusions([p.user for p in prompts])
         inputs = decode_inputs(model, tokenizer, prompts, task, histories=exclusions)
-        mode = settings.eval.sequential_mode
-        result = rank_sequential(model, inputs, trie, settings.eval, mode=mode, progress=progress)
-    return result, targets_of(prompts), mode
+        results = rank_sequential(model, inputs, trie, settings.eval, progress=progress)
+    return results, targets_of(prompts)
 
 
 def evaluate_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | None = None,
-                   progress: bool = True,
+                   progress: bool = True, allow_unfinished: bool = False,
                    on_task: Callable[[str, dict[str, Any], float], None] | None = None) -> dict[str, dict[str, Any]]:
     """Evaluate the trained model on every ranking task it was trained for; writes metrics.json + predictions.
 
-    Returns {task: {metric: value, ..., "n_users", "invalid_rate", "coverage@10", "mode"}}. `on_task(task,
-    metrics, share_done)` is called after each task (progress reporting).
+    Returns {task: {decoder: {metric: value, ..., "n_users", "invalid_rate", "coverage@10"}}}. `on_task(task,
+    {decoder: metrics}, share_done)` is called after each task (progress reporting).
     """
     torch.manual_seed(settings.seed)  # decoding is deterministic; seeded anyway so no entry point is not
     split = settings.eval.split
     data = EvalData.load(paths.data, split, settings.eval.max_users)
-    model = load_model(settings, paths, checkpoint_dir)
+    model = load_model(settings, paths, checkpoint_dir, allow_unfinished)
     if (model.n_users, model.n_items) != (data.n_users, data.n_items):
         raise ValueError(f"checkpoint has {model.n_users} users / {model.n_items} items, the data "
                          f"{data.n_users} / {data.n_items}: it was trained on other data")
@@ -192,18 +201,19 @@ def evaluate_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | 
     tasks = [t for t in RANKED_TASKS if t in model.tasks]
     for done, task in enumerate(tasks, start=1):
         start = time.perf_counter()
-        result, targets, mode = rank_task(model, tokenizer, trie, data, task, settings, progress)
-        metrics[task.value] = score(result, targets, data.n_items, mode)
-        predictions[task.value] = result
-        seconds = time.perf_counter() - start
-        logger.info("%s/%s (%s): %d users in %.1f s (%.2f users/s); hr@10 %.4f ndcg@10 %.4f", task.value, split,
-                    mode, len(result.users), seconds, len(result.users) / max(seconds, 1e-9),
-                    metrics[task.value]["hr@10"], metrics[task.value]["ndcg@10"])
+        results, targets = rank_task(model, tokenizer, trie, data, task, settings, progress)
+        metrics[task.value] = {d: score(result, targets, data.n_items) for d, result in results.items()}
+        predictions.update({f"{task.value}_{d}": result for d, result in results.items()})
+        seconds, n_users = time.perf_counter() - start, len(targets)
+        summary = "; ".join(f"{d} hr@10 {m['hr@10']:.4f} ndcg@10 {m['ndcg@10']:.4f}"
+                            for d, m in metrics[task.value].items())
+        logger.info("%s/%s: %d users in %.1f s (%.2f users/s, all decoders); %s", task.value, split, n_users,
+                    seconds, n_users / max(seconds, 1e-9), summary)
         if on_task is not None:
             on_task(task.value, metrics[task.value], done / len(tasks))
     if not metrics:
         raise ValueError(f"the model's tasks {[t.value for t in model.tasks]} include no ranking task")
-    write_outputs(paths.run(settings).evaluation(settings.eval, split), metrics, predictions)
+    write_outputs(paths.run(settings).evaluation(settings), metrics, predictions)
     return metrics
 
 
@@ -214,7 +224,7 @@ def evaluate_baselines(settings: Settings, paths: WorkPaths) -> dict[str, dict[s
     """Popularity and random rankings for both tasks, same users and protocol as the model; no model needed.
 
     Popularity counts training interactions only. Writes WorkPaths.baselines(settings)/metrics.json and
-    predictions_<baseline>_<task>.parquet; returns {"popularity": {task: metrics}, "random": {task: metrics}}.
+    predictions_<baseline>_<task>_score.parquet; returns {baseline: {task: {"score": metrics}}}.
     """
     split, top_n = settings.eval.split, settings.eval.top_n
     data = EvalData.load(paths.data, split, settings.eval.max_users)
@@ -232,14 +242,20 @@ def evaluate_baselines(settings: Settings, paths: WorkPaths) -> dict[str, dict[s
             Task.SEQUENTIAL: baselines.random_sequential(exclusions, data.n_items, top_n, settings.seed, seq_users),
             Task.DIRECT: baselines.random_direct(cands, settings.seed, direct_users),
         },
+        "id_order": {  # visible history = the prompt's last max_history items; exclusions = all before the target
+            Task.SEQUENTIAL: baselines.id_order_sequential([e[-settings.train.max_history:] for e in exclusions],
+                                                           exclusions, data.n_items, top_n, seq_users),
+            Task.DIRECT: baselines.id_order_direct(cands, baselines.training_items(data.histories, direct_users),
+                                                   direct_users),
+        },
     }
     targets = {Task.SEQUENTIAL: targets_of(seq_prompts), Task.DIRECT: data.candidates["target"].to_numpy()}
-    metrics = {name: {task.value: score(result, targets[task], data.n_items, name) for task, result in by_task.items()}
-               for name, by_task in rankings.items()}
-    predictions = {f"{name}_{task.value}": result for name, by_task in rankings.items()
+    metrics = {name: {task.value: {SCORE_DECODER: score(result, targets[task], data.n_items)}
+                      for task, result in by_task.items()} for name, by_task in rankings.items()}
+    predictions = {f"{name}_{task.value}_{SCORE_DECODER}": result for name, by_task in rankings.items()
                    for task, result in by_task.items()}
     write_outputs(paths.baselines(settings), metrics, predictions)
     for name, by_task in metrics.items():
         logger.info("baseline %s (%s): %s", name, split,
-                    ", ".join(f"{t} hr@5 {m['hr@5']:.4f}" for t, m in by_task.items()))
+                    ", ".join(f"{t} hr@5 {m[SCORE_DECODER]['hr@5']:.4f}" for t, m in by_task.items()))
     return metrics

@@ -14,17 +14,16 @@ Conventions
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 INVALID = -1  # the item slot of an invalid output
 CUTOFFS_HR = (1, 5, 10)
 CUTOFFS_NDCG = (5, 10)
+SCORE_DECODER = "score"  # the decoder of every ranking by scores (direct `score`, baselines, classic models)
 
 
 @dataclass
@@ -152,6 +151,27 @@ def pessimistic_rank(scores: Sequence[float] | np.ndarray, candidates: Sequence[
     t = where[0]
     others = np.delete(s, t)
     return 1 + int(np.sum(others >= s[t]))
+
+
+def tracked_name(split: str, *path: str) -> str:
+    """The one name of a tracked metric: split, [baseline,] task, decoder, metric -> `test.direct.beam.hr@10`."""
+    return ".".join((split, *path))
+
+
+def tracked_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
+    """A metrics.json (model {task: {decoder: ...}} or baselines {baseline: {task: {decoder: ...}}}) flattened
+    to {tracked_name: value}; numeric leaves only (booleans and strings are not metrics)."""
+    flat: dict[str, float] = {}
+
+    def walk(values: Mapping[str, Any], path: tuple[str, ...]) -> None:
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                walk(value, (*path, key))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[tracked_name(split, *path, key)] = float(value)
+
+    walk(metrics, ())
+    return flat
 
 
 def _as_ranks(ranks: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -8,19 +8,16 @@ Every token of one ID mention shares a whole-word (ww) id; id 0 (text, padding) 
 - sequential: ww id = order of appearance (1, 2, 3, ...); ww_table = a separate incremental table.
 T5 itself is untouched: `forward`/`generate` hand `inputs_embeds` to the stock T5 methods.
 
-Variants (ModelSettings.variant): `pod` = alpha 0, no ww tables (plain T5 + soft prompts); `no_graph` = node
-table without propagation; `no_incremental` = sequential prompts use node ids into the graph table.
+POD (the `pod` variant) is alpha = 0: no ww tables (plain T5 + soft prompts). Variants (ModelSettings.variant):
+`no_graph` = node table without propagation; `no_incremental` = sequential prompts use node ids into the graph table.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import scipy.sparse as sp
 import torch
@@ -31,22 +28,23 @@ from transformers import T5ForConditionalGeneration
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from elmrec.config import ModelSettings, Task
-from elmrec.graph import propagate, to_torch_sparse
+from elmrec.paths import atomic_dir
 from elmrec.prompts import Prompt
-from elmrec.wholeword import Encoded, encode
+from elmrec.propagation import propagate, to_torch_sparse
+from elmrec.wholeword import Encoded, WholeWordMode, encode
 
 T5_DIR = "t5"  # save_pretrained folder inside a checkpoint
 TABLES_FILE = "elmrec_tables.safetensors"  # node / incremental tables and soft prompts
 META_FILE = "elmrec.json"  # settings and sizes needed to rebuild the module
 FORMAT_VERSION = 1
-WWMode = Literal["node", "order"]
+INCREMENTAL_STD = 1.0  # init std of the incremental table: nn.Embedding's N(0, 1), as the authors' code
 
 
 # ---------------------------------------------------------------- graph propagation
 
 
 def _propagate(adjacency: torch.Tensor, table: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """`graph.propagate` (LightGCN layer mean) in the table's dtype even under autocast: sparse matmul lacks
+    """`propagation.propagate` (LightGCN layer mean) in the table's dtype even under autocast: sparse matmul lacks
     reduced-precision kernels on some devices.  # (N, d)"""
     with torch.autocast(device_type=table.device.type, enabled=False):
         return propagate(adjacency, table, n_layers)
@@ -89,15 +87,18 @@ class ELMRec(nn.Module):
         self.tasks = tuple(dict.fromkeys(Task(t) for t in tasks))
         if not self.tasks:
             raise ValueError("ELMRec needs at least one task")
-        self.alpha = 0.0 if settings.variant == "pod" else float(settings.alpha)
+        self.alpha = float(settings.alpha)
         d_model = t5.config.d_model
 
-        # Both tables start from N(0, sigma). The paper states it for the node table; for the incremental table
-        # the authors' code keeps nn.Embedding's N(0, 1) — we use sigma too so alpha scales both alike.
-        modes = {self.ww_mode(t) for t in self.tasks} if settings.variant != "pod" else set()
-        self.node_table = _normal_embedding(self.n_nodes, d_model, settings.sigma) if "node" in modes else None
+        # The node table starts from N(0, sigma) (the paper); the incremental table from N(0, 1), nn.Embedding's
+        # default in the authors' code: Table 9's sequential alpha is calibrated against that scale.
+        modes = {self.ww_mode(t) for t in self.tasks} if self.alpha != 0 else set()  # alpha 0: POD
+        self.node_table = (
+            _normal_embedding(self.n_nodes, d_model, settings.sigma) if WholeWordMode.NODE in modes else None
+        )
         self.incremental_table = (
-            _normal_embedding(settings.incremental_size, d_model, settings.sigma) if "order" in modes else None
+            _normal_embedding(settings.incremental_size, d_model, INCREMENTAL_STD)
+            if WholeWordMode.ORDER in modes else None
         )
         self.propagates = self.node_table is not None and settings.variant != "no_graph" and settings.n_layers > 0
         if self.propagates:
@@ -115,17 +116,17 @@ class ELMRec(nn.Module):
         )
         self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None  # eval-mode propagated table
 
-    def ww_mode(self, task: Task) -> WWMode:
+    def ww_mode(self, task: Task) -> WholeWordMode:
         """Which ww id scheme prompts of `task` use: graph node indices or order of appearance."""
         if Task(task) is Task.SEQUENTIAL and self.settings.variant != "no_incremental":
-            return "order"
-        return "node"
+            return WholeWordMode.ORDER
+        return WholeWordMode.NODE
 
     def encode(self, tokenizer: Any, prompts: Sequence[Prompt] | Sequence[str], task: Task) -> Encoded:
         """Tokenize prompts (or bare texts) with the ww ids this model expects for `task`, checked against the
         size of the table they index."""
         mode = self.ww_mode(task)
-        table = self.incremental_table if mode == "order" else self.node_table
+        table = self.incremental_table if mode is WholeWordMode.ORDER else self.node_table
         return encode(tokenizer, prompts, mode, n_users=self.n_users,
                       table_size=None if table is None else table.num_embeddings)
 
@@ -151,7 +152,7 @@ class ELMRec(nn.Module):
 
     def ww_table(self, task: Task) -> torch.Tensor:
         """The ww table (rows, d) prompts of `task` index; row 0 is zero."""
-        if self.ww_mode(task) == "node":
+        if self.ww_mode(task) is WholeWordMode.NODE:
             return self.node_embeddings()
         if self.incremental_table is None:
             raise ValueError(f"no incremental table: task {Task(task).value!r} not among {self.tasks}")
@@ -206,10 +207,7 @@ class ELMRec(nn.Module):
     def save(self, directory: Path) -> None:
         """`directory/` = t5/ (save_pretrained, safetensors) + elmrec_tables.safetensors + elmrec.json.
         Written to a sibling temp folder first and renamed into place, so a crash leaves the old checkpoint."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        with atomic_dir(Path(directory)) as staging:
             self.t5.save_pretrained(staging / T5_DIR)
             tables = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("t5.")}
             save_file(tables, str(staging / TABLES_FILE))
@@ -221,10 +219,6 @@ class ELMRec(nn.Module):
                 "tasks": [t.value for t in self.tasks],
             }
             (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            os.chmod(staging, 0o755)
-            _replace_directory(staging, directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # only left when something failed
 
     @classmethod
     def load(
@@ -247,14 +241,3 @@ class ELMRec(nn.Module):
             raise ValueError(f"{directory}: tables do not match the model (missing {missing}, "
                              f"unexpected {result.unexpected_keys})")
         return model.to(map_location).eval()
-
-
-def _replace_directory(staging: Path, directory: Path) -> None:
-    """Rename `staging` to `directory`, replacing an existing one (moved aside, then removed)."""
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-    os.replace(directory, old)  # onto an empty folder: allowed
-    os.replace(staging, directory)
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,26 +1,28 @@
-"""Every artifact path, derived from one work dir and the settings that change the artifact.
+"""Every artifact path, derived from one work dir and the settings that shape the artifact (elmrec.shapes).
 
-Layout (one folder per dataset; derived data keyed by the settings that shape it, so runs with other
+Layout (one folder per dataset; each output keyed by everything that shapes it, so runs with other
 settings never overwrite each other):
 
     <workdir>/
-      mlflow.db                               MLflow store (default)
+      mlflow.db                                     MLflow store (default)
       <dataset>/
-        raw/                                  download: sequential.txt + datamaps.json, or reviews_*.json.gz
-        <id_scheme>-seed<seed>[-u<max_users>]/
-          data/                               preprocess: Parquet tables + stats.json
-          graph-<edges>/                      graph: adjacency.npz + stats.json
-          runs-<edges>/<variant>-<hash>/      train: checkpoint/, last/, history.json
-            eval-<hash>/<split>/              evaluate: metrics.json, predictions_<task>.parquet
-          baselines-<hash>/<split>/           evaluate: popularity and random baselines
+        raw-<source>-<key>/                         download: sequential.txt + datamaps.json, or reviews_*.json.gz
+        <id_scheme>-seed<seed>[-u<max_users>]-<key>/
+          data/                                     preprocess: Parquet tables + stats.json
+          graph-<edges>/                            graph: adjacency.npz + stats.json
+          runs-<edges>/<recommender>-<key>/         train: checkpoint/, last/, history.json
+            eval-<key>/<split>/                     evaluate: metrics.json, predictions_<task>_<decoder>.parquet
+          baselines-<key>/<split>/                  evaluate: popularity, random and id_order baselines
+
+Every stage output also holds `.stage.json`, the fingerprint it was built from (elmrec.stages).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,9 +31,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from elmrec.config import Settings
+from elmrec.shapes import key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,19 +87,6 @@ class GraphPaths:
         return [self.adjacency, self.stats]
 
 
-def digest(values: object, length: int = 8) -> str:
-    """A short stable hash of JSON-able values (settings), for folder names and cache keys."""
-    text = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def run_key(settings: Settings) -> str:
-    """`<variant>-<hash of model and training settings>`: two configurations never share a folder."""
-    shaping = {"model": settings.model.model_dump(mode="json", exclude={"model_mirror"}),
-               "train": settings.train.model_dump(mode="json")}
-    return f"{settings.model.variant}-{digest(shaping)}"
-
-
 METRICS_FILE = "metrics.json"  # in every evaluation folder (model and baselines)
 
 
@@ -118,36 +108,34 @@ class RunPaths:
     def history(self) -> Path:
         return self.root / "history.json"  # per-epoch train/valid loss and throughput
 
-    def evaluation(self, eval_settings: BaseModel, split: str) -> Path:
-        """metrics.json + predictions_<task>.parquet for one split under one set of decoding settings."""
-        shaping = eval_settings.model_dump(mode="json", exclude={"split", "batch_size"})
-        return self.root / f"eval-{digest(shaping)}" / split
+    @property
+    def attempt(self) -> RunPaths:
+        """A training in progress: its own checkpoint/, last/, history.json, moved over the three above only when
+        it finishes (elmrec.checkpoint.promote), so checkpoint/ + history.json always describe a finished one."""
+        return RunPaths(self.root / "attempt")
+
+    def evaluation(self, settings: Settings) -> Path:
+        """metrics.json + predictions of the evaluation split under one set of decoding settings."""
+        return self.root / f"eval-{key(settings, 'evaluate')}" / settings.eval.split
 
 
 @dataclass(frozen=True)
 class WorkPaths:
+    """The folders of one dataset's raw files and derived data, keyed by the settings that shape them."""
+
     workdir: Path
-    dataset: str
-    variant_key: str  # id scheme, seed and subset: the settings that shape preprocessed data
+    raw: Path  # download's output
+    derived: Path  # preprocess's folder: data/ and everything computed from it
     graph_edges: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkPaths:
         data = settings.data
-        key = f"{data.id_scheme}-seed{settings.seed}" + (f"-u{data.max_users}" if data.max_users else "")
-        return cls(settings.workdir, data.dataset, key, data.graph_edges)
-
-    @property
-    def dataset_dir(self) -> Path:
-        return self.workdir / self.dataset
-
-    @property
-    def raw(self) -> Path:
-        return self.dataset_dir / "raw"
-
-    @property
-    def derived(self) -> Path:
-        return self.dataset_dir / self.variant_key
+        dataset_dir = settings.workdir / data.dataset
+        subset = f"-u{data.max_users}" if data.max_users else ""
+        return cls(settings.workdir, dataset_dir / f"raw-{data.source}-{key(settings, 'download')}",
+                   dataset_dir / f"{data.id_scheme}-seed{settings.seed}{subset}-{key(settings, 'preprocess')}",
+                   data.graph_edges)
 
     @property
     def data(self) -> DataPaths:
@@ -158,14 +146,12 @@ class WorkPaths:
         return GraphPaths(self.derived / f"graph-{self.graph_edges}")
 
     def run(self, settings: Settings) -> RunPaths:
-        """The training run for these model + training settings (one folder per distinct configuration)."""
-        return RunPaths(self.derived / f"runs-{self.graph_edges}" / run_key(settings))
+        """The training run of one recommender under these settings (one folder per distinct configuration)."""
+        return RunPaths(self.derived / f"runs-{self.graph_edges}" / f"{settings.recommender}-{key(settings, 'train')}")
 
     def baselines(self, settings: Settings) -> Path:
-        """Popularity and random baselines of one split, keyed by the settings that shape their rankings."""
-        shaping = {"top_n": settings.eval.top_n, "max_users": settings.eval.max_users,
-                   "max_history": settings.train.max_history}
-        return self.derived / f"baselines-{digest(shaping)}" / settings.eval.split
+        """Popularity, random and id_order baselines of the evaluation split."""
+        return self.derived / f"baselines-{key(settings, 'baselines')}" / settings.eval.split
 
 
 @contextmanager
@@ -175,7 +161,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     Readers never see a half-written file, and a failure leaves no partial output behind.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.chmod(0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -194,12 +180,12 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     lock on `target` serialises the swap when two runs finish the same stage at once.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; outputs get the usual permissions
     try:
         yield tmp
         with locked(target):
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = target.with_name(f"{_temp_prefix(target)}old{TEMP_SUFFIX}")  # one swap at a time: the lock
             if target.exists():
                 os.replace(target, old)
             os.replace(tmp, target)
@@ -227,3 +213,77 @@ def locked(target: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- temporaries of dead processes, writability
+
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp$")  # .<name>.<pid>.<random>.tmp
+
+
+def _temp_prefix(target: Path) -> str:
+    """`.<name>.<pid>.`: a temporary carries its owner's pid, so a later start can tell whether it is stale."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def pid_alive(pid: int, started: str | None = None) -> bool:
+    """Whether process `pid` exists on this machine (signal 0 checks without sending anything); with `started`
+    (its `process_start`), also that the pid was not reused by a newer process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return started is None or process_start(pid) in (None, started)
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (Linux /proc); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 of proc(5); fields 1-2 end with the name's ')'
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the temporary files and folders below `root` whose owning process is gone (e.g. `kill -9`).
+
+    Only names written by `atomic_path`/`atomic_dir` (`.<name>.<pid>.<random>.tmp`) of pids that no longer
+    exist are touched; temporaries of live processes stay. Returns what was removed. Call once at start.
+    """
+    removed = []
+    for folder, subfolders, files in os.walk(root):
+        for name in [*subfolders, *files]:
+            match = _TEMP_NAME.match(name)
+            if match is None or pid_alive(int(match["pid"])):
+                continue
+            path = Path(folder) / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        subfolders[:] = [d for d in subfolders if not _TEMP_NAME.match(d)]  # never walk into temporaries
+    for path in removed:
+        log.info("removed %s, left behind by a process that no longer runs", path)
+    return removed
+
+
+class NotWritableError(OSError):
+    """The work dir cannot be created or written; the message names the path."""
+
+
+def ensure_writable(workdir: Path) -> None:
+    """Create `workdir` if needed and prove it takes a file, failing at once with the path named.
+
+    Without this a read-only work dir surfaces minutes later, as MLflow's retries of its SQLite store.
+    """
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as error:
+        raise NotWritableError(f"work dir {workdir} is not writable ({error.strerror or error}); "
+                               "choose another with --workdir or ELMREC_WORKDIR") from error

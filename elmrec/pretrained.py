@@ -3,8 +3,10 @@
     model_name = "t5-small"          ->  <model_mirror>/t5-small if that folder exists, else the hub
     model_name = "/models/t5-small"  ->  that folder
 
-Pretrained weights are loaded when present (local folder, hub, or the hub cache). Without them T5 is
-initialised from the config with a WARNING, and the caller records `pretrained=False`. A `reduced` shape
+Pretrained weights are loaded when present (local folder, hub, or the hub cache). Without them a full-shape T5
+is refused before any training (`RandomInitRefused`: a randomly initialised t5-small is not the paper's model and
+would silently yield meaningless numbers) unless `model.allow_random_init=true`, in which case it is initialised
+from the config with a WARNING and the caller records `pretrained=False`. A `reduced` shape
 (ModelSettings.reduced) always starts from random weights: it is for demos and tests on small machines.
 """
 
@@ -26,6 +28,10 @@ logger = logging.getLogger(__name__)
 WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
 )
+
+
+class RandomInitRefused(RuntimeError):
+    """A full-shape T5 has no pretrained weights and random initialisation was not allowed."""
 
 
 def resolve_model_source(settings: ModelSettings) -> tuple[str, bool]:
@@ -79,9 +85,32 @@ def load_tokenizer(settings: ModelSettings) -> PreTrainedTokenizerBase:
         raise _missing_hint(settings, source, error) from error
 
 
+def _refusal(settings: ModelSettings, reason: str) -> RandomInitRefused:
+    return RandomInitRefused(
+        f"no pretrained weights for {settings.model_name!r} ({reason}). Fetch them from the Hugging Face hub "
+        f"({huggingface_hub.constants.ENDPOINT}, reachable or cached), or point ELMREC_MODEL_MIRROR "
+        f"(model.model_mirror) at a folder holding {settings.model_name}/ with its weights; to train a randomly "
+        f"initialised full-shape T5 anyway, set model.allow_random_init=true"
+    )
+
+
+def check_weights(settings: ModelSettings) -> None:
+    """Before any work: RandomInitRefused when `load_t5` would certainly refuse (a full-shape T5, random init not
+    allowed, and no weight file in a local folder nor a reachable hub). Cheap: reads no weights."""
+    if settings.reduced is not None or settings.allow_random_init:
+        return
+    source, is_local, local_only = _where(settings)
+    if is_local and not any((Path(source) / f).is_file() for f in WEIGHT_FILES):
+        raise _refusal(settings, f"no weight file ({', '.join(WEIGHT_FILES)}) in {source}")
+    cached = (isinstance(huggingface_hub.try_to_load_from_cache(source, name), str) for name in WEIGHT_FILES)
+    if not is_local and local_only and not any(cached):
+        raise _refusal(settings, "the hub is unreachable and holds no cached weights")
+
+
 def load_t5(settings: ModelSettings) -> tuple[T5ForConditionalGeneration, bool]:
     """(model, pretrained). Reduced shape: random init from the base config, never loads weights. Otherwise
-    pretrained weights when present or reachable, else random init with a WARNING."""
+    pretrained weights when present or reachable; else RandomInitRefused, or with `allow_random_init` a random
+    init with a WARNING."""
     source, is_local, local_only = _where(settings)
     try:
         config = T5Config.from_pretrained(source, local_files_only=local_only)
@@ -98,5 +127,8 @@ def load_t5(settings: ModelSettings) -> tuple[T5ForConditionalGeneration, bool]:
             return T5ForConditionalGeneration.from_pretrained(source, local_files_only=local_only), True
         except OSError as error:
             reason = str(error).splitlines()[0]
-    logger.warning("T5 weights unavailable (%s): T5 is RANDOMLY INITIALISED from the config of %s", reason, source)
+    if not settings.allow_random_init:
+        raise _refusal(settings, reason)
+    logger.warning("T5 weights unavailable (%s): T5 is RANDOMLY INITIALISED from the config of %s "
+                   "(model.allow_random_init=true)", reason, source)
     return T5ForConditionalGeneration(config), False

@@ -1,45 +1,65 @@
-"""What each stage reads, writes and depends on: the contracts behind reruns and caching.
+"""What each stage reads and writes, and when its stored output is still what a rerun would produce.
 
-A stage's fingerprint hashes (1) the settings that shape its output, (2) the SHA-256 of every input file,
-(3) the source of the library modules that do its work, and (4) where it writes. Equal fingerprints mean
-the stored outputs are what a rerun would produce, so an orchestrator may skip the stage. A stage whose
-outputs are missing has no fingerprint: it must run.
+A stage's fingerprint hashes (1) the settings that shape its output (elmrec.shapes), (2) the SHA-256 of every
+input file, (3) the source of the library modules that do its work, and (4) where it writes. A stage that
+completes records its fingerprint in its output folder (`.stage.json`, via `recording`); the stage is up to
+date only while that record matches the fingerprint computed now. So replacing a user's input files, fixing a
+bad one, or changing the code reruns that stage and, through their changed inputs, every stage downstream.
+
+The download stage's inputs are the source files when they sit in a local folder (`--source local`, or a
+folder mirror): their contents are checked like any other input. Remote files of the `p5` source are pinned
+by the SHA-256 sums in elmrec.data.download, whose source is part of the fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 from elmrec.config import Settings, Stage
-from elmrec.paths import METRICS_FILE, WorkPaths, digest
+from elmrec.data.download import base_location, is_url, join, source_files
+from elmrec.paths import METRICS_FILE, WorkPaths, atomic_path
+from elmrec.shapes import digest, own_settings
 
-# The library modules whose code determines each stage's output.
+RECORD = ".stage.json"  # the fingerprint an output was built from, in the output's folder
+
+# The library modules whose code determines each stage's output (train and evaluate: per recommender).
 SOURCES: dict[str, tuple[str, ...]] = {
     "download": ("elmrec.data.download",),
     "preprocess": ("elmrec.data.preprocess", "elmrec.data.p5", "elmrec.data.amazon", "elmrec.data.negatives",
                    "elmrec.data.schemas"),
-    "graph": ("elmrec.graph",),
-    "train": ("elmrec.train", "elmrec.model", "elmrec.prompts", "elmrec.wholeword", "elmrec.graph"),
-    "evaluate": ("elmrec.evaluate", "elmrec.decode", "elmrec.trie", "elmrec.metrics", "elmrec.model",
-                 "elmrec.prompts", "elmrec.wholeword"),
+    "graph": ("elmrec.graph", "elmrec.propagation"),
     "baselines": ("elmrec.evaluate", "elmrec.baselines", "elmrec.metrics"),
+}
+MODEL_SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
+    "elmrec": {"train": ("elmrec.train", "elmrec.model", "elmrec.prompts", "elmrec.wholeword", "elmrec.propagation"),
+               "evaluate": ("elmrec.evaluate", "elmrec.decode", "elmrec.likelihood", "elmrec.trie", "elmrec.metrics",
+                            "elmrec.model", "elmrec.prompts", "elmrec.wholeword")},
+    "sasrec": {"train": ("elmrec.classic", "elmrec.sasrec"),
+               "evaluate": ("elmrec.classic", "elmrec.sasrec", "elmrec.evaluate", "elmrec.metrics")},
+    "lightgcn": {"train": ("elmrec.classic", "elmrec.lightgcn", "elmrec.propagation"),
+                 "evaluate": ("elmrec.classic", "elmrec.lightgcn", "elmrec.evaluate", "elmrec.metrics")},
 }
 
 
+def sources(settings: Settings, stage: str) -> tuple[str, ...]:
+    """The modules whose code shapes `stage`'s output under these settings."""
+    return MODEL_SOURCES[settings.recommender][stage] if stage in ("train", "evaluate") else SOURCES[stage]
+
+
 def inputs(settings: Settings, stage: str) -> list[tuple[Path, str]]:
-    """(input path, the stage that writes it) for `stage`, in a fixed order."""
+    """(input path, the stage that writes it) for `stage`, in a fixed order (download: the user's files)."""
     paths = WorkPaths.from_settings(settings)
     data = [(p, "preprocess") for p in paths.data.all()]
     graph = [(p, "graph") for p in paths.graph.all()]
-    run = paths.run(settings)
-    checkpoint = [(run.checkpoint, "train")]
+    checkpoint = [(paths.run(settings).checkpoint, "train")]
     return {
-        "download": [],
+        "download": [(path, "download") for path in local_sources(settings)],
         "preprocess": [(paths.raw, "download")],
         "graph": data,
         "train": data + graph,
@@ -48,7 +68,32 @@ def inputs(settings: Settings, stage: str) -> list[tuple[Path, str]]:
     }[stage]
 
 
+def local_sources(settings: Settings) -> list[Path]:
+    """The source files of a dataset that sit in a local folder (their contents are the download's input)."""
+    try:
+        base = base_location(settings.data, settings.resolved_mirror())
+    except ValueError:
+        return []  # no --path: the download stage itself says so
+    if is_url(base):
+        return []
+    return [path for path in (Path(join(base, f.relative)) for f in source_files(settings.data)) if path.is_file()]
+
+
+def output_folder(settings: Settings, stage: str) -> Path:
+    """The folder a stage writes (and records its fingerprint in)."""
+    paths = WorkPaths.from_settings(settings)
+    return {
+        "download": lambda: paths.raw,
+        "preprocess": lambda: paths.data.root,
+        "graph": lambda: paths.graph.root,
+        "train": lambda: paths.run(settings).root,
+        "evaluate": lambda: paths.run(settings).evaluation(settings),
+        "baselines": lambda: paths.baselines(settings),
+    }[stage]()
+
+
 def outputs(settings: Settings, stage: str) -> list[Path]:
+    """The files (or folders) a completed stage leaves."""
     paths = WorkPaths.from_settings(settings)
     run = paths.run(settings)
     return {
@@ -56,30 +101,16 @@ def outputs(settings: Settings, stage: str) -> list[Path]:
         "preprocess": paths.data.all(),
         "graph": paths.graph.all(),
         "train": [run.checkpoint, run.history],
-        "evaluate": [run.evaluation(settings.eval, settings.eval.split) / METRICS_FILE],
+        "evaluate": [output_folder(settings, "evaluate") / METRICS_FILE],
         "baselines": [paths.baselines(settings) / METRICS_FILE],
-    }[stage]
-
-
-def shaping_settings(settings: Settings, stage: str) -> dict[str, Any]:
-    """The settings a stage's output depends on (upstream settings reach it through its input files)."""
-    data = settings.data.model_dump(mode="json", exclude={"mirror", "graph_edges"})
-    return {
-        "download": {"data": data},
-        "preprocess": {"data": data, "seed": settings.seed},
-        "graph": {"graph_edges": settings.data.graph_edges},
-        "train": {"model": settings.model.model_dump(mode="json", exclude={"model_mirror"}),
-                  "train": settings.train.model_dump(mode="json"), "seed": settings.seed},
-        "evaluate": {"eval": settings.eval.model_dump(mode="json", exclude={"batch_size"}), "seed": settings.seed},
-        "baselines": {"split": settings.eval.split, "max_users": settings.eval.max_users, "top_n": settings.eval.top_n,
-                      "max_history": settings.train.max_history, "seed": settings.seed},
     }[stage]
 
 
 def missing_upstream(settings: Settings, stage: str | Stage) -> tuple[Path, str] | None:
     """The first input `stage` needs that is absent, with the stage that writes it; None if all exist."""
-    for path, producer in inputs(settings, Stage(stage).value if isinstance(stage, Stage) else stage):
-        if not path.exists():
+    name = stage.value if isinstance(stage, Stage) else stage
+    for path, producer in inputs(settings, name):
+        if producer != name and not path.exists():
             return path, producer
     return None
 
@@ -92,17 +123,50 @@ def fingerprint(settings: Settings, stage: str) -> str:
     """A key that changes whenever the stage's output would (whether the outputs still exist is not in it)."""
     parts = {
         "stage": stage,
-        "settings": shaping_settings(settings, stage),
+        "settings": own_settings(settings, stage),
         "inputs": [file_digest(path) for path, _ in inputs(settings, stage)],
-        "sources": [source_digest(module) for module in SOURCES[stage]],
+        "sources": [source_digest(module) for module in sources(settings, stage)],
         "outputs": [str(path) for path in outputs(settings, stage)],
     }
     return digest(parts, length=32)
 
 
+def recorded(settings: Settings, stage: str) -> str | None:
+    """The fingerprint the stage's stored output was built from; None when there is no complete output."""
+    record = output_folder(settings, stage) / RECORD
+    if not outputs_exist(settings, stage) or not record.is_file():
+        return None
+    try:
+        return str(json.loads(record.read_text())["fingerprint"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged record: the stage runs again
+
+
+def up_to_date(settings: Settings, stage: str) -> bool:
+    """True when the stored output exists and was built from exactly today's settings, inputs and code."""
+    stored = recorded(settings, stage)
+    return stored is not None and stored == fingerprint(settings, stage)
+
+
+@contextmanager
+def recording(settings: Settings, stage: str) -> Iterator[str]:
+    """Run a stage inside this block; on success its fingerprint (taken before it ran) is recorded."""
+    key = fingerprint(settings, stage)
+    yield key
+    folder = output_folder(settings, stage)
+    with atomic_path(folder / RECORD) as tmp:
+        tmp.write_text(json.dumps({"stage": stage, "fingerprint": key}) + "\n")
+
+
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files (names and contents, in sorted order)."""
-    files: Iterable[Path] = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    """SHA-256 of a file, or of a folder's files (names and contents, sorted); dot-files (records, locks,
+    temporaries) are not part of an output. A missing path digests as ''."""
+    if not path.exists():
+        return ""
+    files: Iterable[Path] = sorted(
+        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                p.relative_to(path).parts)
+    ) if path.is_dir() else [path]
     hasher = hashlib.sha256()
     for file in files:
         hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())

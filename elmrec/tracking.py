@@ -1,7 +1,9 @@
 """MLflow tracking: the one module that imports mlflow.
 
 The store defaults to SQLite under the work dir (`sqlite:///<workdir>/mlflow.db`) with artifacts in
-`<workdir>/mlartifacts`, both absolute, so runs started from any folder land in the same place.
+`<workdir>/mlartifacts`, both absolute, so runs started from any folder land in the same place. A fresh SQLite
+store is created under a lock (two runs starting at once would race MLflow's schema migrations), and every run
+records the process that owns it, so `fail_orphaned_runs` can close the runs of processes that died.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +26,12 @@ import yaml
 from mlflow.entities import Metric, Param
 
 from elmrec.config import Settings
+from elmrec.paths import ensure_writable, locked, pid_alive, process_start
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "elmrec"
+OWNER_TAGS = ("elmrec.host", "elmrec.pid", "elmrec.pid_start")  # the process that runs an MLflow run
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -41,13 +48,22 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def configure(settings: Settings) -> str:
     """Point MLflow at the settings' store and make sure the experiment exists; returns its id."""
-    settings.workdir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.resolved_tracking_uri())
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        artifacts = (settings.workdir / "mlartifacts").as_uri()
-        return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    ensure_writable(settings.workdir)
+    uri = settings.resolved_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with _store_lock(uri):  # the first call of a process creates (migrates) the store; one process at a time
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is None:
+            artifacts = (settings.workdir / "mlartifacts").as_uri()
+            return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
     return experiment.experiment_id
+
+
+def _store_lock(uri: str) -> AbstractContextManager[None]:
+    """A lock on a local SQLite store's file; other stores serialise their own schema changes."""
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        return locked(Path(uri.removeprefix("sqlite:///").split("?")[0]))
+    return nullcontext()
 
 
 def metric_name(name: str) -> str:
@@ -106,12 +122,40 @@ def find_or_create_run(settings: Settings, name: str, tags: Mapping[str, str], m
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        for key, value in owner_tags().items():  # this process owns it now
+            client.set_tag(run_id, key, value)
         log.info("MLflow: attaching to existing run %s (%s)", run_id, query)
         return run_id
-    all_tags = {**tags, **match}
+    all_tags = {**tags, **match, **owner_tags()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming this process (host, pid, start time), so a later start can tell whether it still runs."""
+    pid = os.getpid()
+    return dict(zip(OWNER_TAGS, (socket.gethostname(), str(pid), process_start(pid) or ""), strict=True))
+
+
+def fail_orphaned_runs(settings: Settings) -> list[str]:
+    """Mark FAILED the RUNNING runs whose owning process on this host is gone (killed flow runs); returns their ids.
+
+    Runs owned by live processes, by other hosts, or created before owners were recorded stay as they are.
+    """
+    experiment_id = configure(settings)
+    client = mlflow.MlflowClient()
+    host_tag, pid_tag, start_tag = OWNER_TAGS
+    query = f"attributes.status = 'RUNNING' and tags.`{host_tag}` = '{socket.gethostname()}'"
+    failed = []
+    for run in client.search_runs([experiment_id], filter_string=query, max_results=50000):
+        tags = run.data.tags
+        if pid_tag in tags and not pid_alive(int(tags[pid_tag]), tags.get(start_tag) or None):
+            client.set_terminated(run.info.run_id, status="FAILED")
+            log.warning("MLflow: run %s (%s) was left RUNNING by process %s, which is gone: marked FAILED",
+                        run.info.run_id, run.info.run_name, tags[pid_tag])
+            failed.append(run.info.run_id)
+    return failed
 
 
 def finish(settings: Settings, run_id: str, status: str = "FINISHED") -> None:

@@ -1,7 +1,8 @@
 """Training: multitask fine-tuning of ELMRec, validation loss every epoch, early stopping, exact resume.
 
 Every epoch, for each task of `settings.train.tasks`:
-    prompts = sequential_epoch / direct_epoch    rng = default_rng([seed, epoch, task, STREAM_PROMPTS])
+    prompts = sequential_epoch / direct_epoch    rng = default_rng([seed, epoch, task, STREAM_PROMPTS]),
+              `passes_per_epoch` times in a row  (fresh prompts for every user on each pass)
     encoded = model.encode(prompts)             one batched tokenizer call per task and epoch
     batches = bucketed_batches(encoded.lengths)  rng = default_rng([seed, epoch, task, STREAM_BATCHES])
 then batches alternate between tasks (seq, direct, seq, direct, ..., then the rest of the longer list).
@@ -9,10 +10,17 @@ Dropout draws from torch.manual_seed(f(seed, epoch)). So an epoch depends only o
 state it starts from, and a run resumed from `last/` repeats an uninterrupted one exactly. The next epoch's
 prompts are tokenized in a background thread while this epoch trains.
 
-Validation: the bare valid-split prompts of the first `valid_users` users, encoded once. A task's loss is the
-mean over prompts of the mean loss of the prompt's target tokens; the criterion is the mean over tasks.
-The best epoch's model is saved to `checkpoint/` (ELMRec.save); training stops after `patience` epochs
-without a lower validation loss, or after `max_epochs`.
+Validation: the bare valid-split prompts of `valid_users` users drawn at random (seeded; not the first IDs,
+whose P5 item IDs correlate most with order), encoded once. A task's loss is the mean over prompts of the mean
+loss of the prompt's target tokens; the criterion is the mean over tasks. The best epoch's model is saved to
+`checkpoint/` (ELMRec.save); training stops after `max_epochs`, or once `patience` epochs did not lower the
+validation loss: since the best one (`early_stopping=consecutive`) or in total (`cumulative`, the authors').
+
+A finished model is never destroyed: a training writes checkpoint/, last/ and history.json into the run's
+`attempt/` folder and moves them over the run's own only when it finishes (checkpoint.promote). So
+checkpoint/ + history.json always describe a finished training; a killed retrain leaves them as they were, and
+resume=True continues the attempt (or, with none to continue and the run finished with these settings, returns it
+untrained).
 """
 
 from __future__ import annotations
@@ -32,7 +40,16 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from elmrec.checkpoint import STATE_FILE, TrainState, fingerprint, load_last, read_state, save_last
+from elmrec.checkpoint import (
+    TrainState,
+    attempt_state,
+    fingerprint,
+    finished_state,
+    is_finished,
+    promote,
+    resumable,
+    save_last,
+)
 from elmrec.config import Settings, Task
 from elmrec.data import schemas
 from elmrec.device import Device
@@ -48,6 +65,7 @@ log = logging.getLogger(__name__)
 
 TASK_STREAM = {Task.SEQUENTIAL: 0, Task.DIRECT: 1}  # fixed per task: reordering settings.train.tasks changes nothing
 STREAM_PROMPTS, STREAM_BATCHES, STREAM_TORCH = 0, 1, 2  # independent random streams of one (seed, epoch, task)
+STREAM_VALID_USERS = 3  # the validation users' sample: default_rng([seed, STREAM_VALID_USERS]), fixed for the run
 
 
 @dataclass(frozen=True)
@@ -107,18 +125,31 @@ class TaskEpoch:
 def epoch_prompts(task: Task, data: TrainData, settings: Settings, epoch: int) -> list[Prompt]:
     """The training prompts of one task in one epoch (a pure function of seed, epoch and task)."""
     rng = np.random.default_rng([settings.seed, epoch, TASK_STREAM[task], STREAM_PROMPTS])
-    if task is Task.SEQUENTIAL:
-        return sequential_epoch(data.histories, rng, settings.train.max_history)
-    return direct_epoch(data.histories, data.n_items, rng, settings.data.n_negatives)
+    prompts: list[Prompt] = []
+    for _ in range(settings.train.passes_per_epoch):  # one rng continues: every pass draws fresh prompts
+        if task is Task.SEQUENTIAL:
+            prompts += sequential_epoch(data.histories, rng, settings.train.max_history)
+        else:
+            prompts += direct_epoch(data.histories, data.n_items, rng, settings.data.n_negatives)
+    return prompts
+
+
+def valid_users(data: TrainData, settings: Settings) -> np.ndarray:
+    """The validation users, ascending: all, or a seeded random sample of `valid_users` of them."""
+    users = data.histories["user"].to_numpy()
+    wanted = settings.train.valid_users
+    if wanted is None or wanted >= len(users):
+        return np.sort(users)
+    rng = np.random.default_rng([settings.seed, STREAM_VALID_USERS])
+    return np.sort(rng.choice(users, size=wanted, replace=False))
 
 
 def valid_prompts(task: Task, data: TrainData, settings: Settings) -> list[Prompt]:
-    """Fixed bare valid-split prompts of the first `valid_users` users."""
-    users = data.histories["user"].head(settings.train.valid_users or len(data.histories))
+    """Fixed bare valid-split prompts of the validation users (`valid_users`)."""
+    users = pl.Series(valid_users(data, settings)).implode()
     if task is Task.SEQUENTIAL:
-        return sequential_eval(data.histories.filter(pl.col("user").is_in(users.implode())), "valid",
-                               settings.train.max_history)
-    return direct_eval(data.candidates.filter(pl.col("user").is_in(users.implode())), "valid")
+        return sequential_eval(data.histories.filter(pl.col("user").is_in(users)), "valid", settings.train.max_history)
+    return direct_eval(data.candidates.filter(pl.col("user").is_in(users)), "valid")
 
 
 def build_epoch(model: ELMRec, tokenizer: PreTrainedTokenizerBase, data: TrainData, settings: Settings,
@@ -228,53 +259,58 @@ def write_history(run: RunPaths, state: TrainState, device: Device, settings: Se
                "pretrained": state.pretrained, "device": device.describe(), "finished": finished,
                "stopped_early": finished and state.epoch < settings.train.max_epochs,
                "samples_per_s": sum(r["samples"] for r in state.history) / seconds if seconds else 0.0,
-               "max_epochs": settings.train.max_epochs, "patience": settings.train.patience}
+               "max_epochs": settings.train.max_epochs, "patience": settings.train.patience,
+               "early_stopping": settings.train.early_stopping, "passes_per_epoch": settings.train.passes_per_epoch}
     with atomic_path(run.history) as tmp:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def train(settings: Settings, paths: WorkPaths, resume: bool = False,
           on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
-    """Train until early stopping or max_epochs; resume=True continues from last/ if it exists.
+    """Train until early stopping or max_epochs, in the run's attempt/ folder, then promote it over the run's
+    checkpoint/, last/ and history.json. resume=True continues an unfinished attempt with the same settings, and
+    otherwise returns a run already finished with them, untrained; resume=False starts a new attempt (a retrain).
 
-    Writes checkpoint/ (best model), last/ (resume state) and history.json under paths.run(settings).
-    `on_epoch` is called after each newly trained epoch, once its outputs are on disk.
+    `on_epoch` is called after each newly trained epoch, once its outputs are on disk (in attempt/).
     """
     unsupported = [t.value for t in settings.train.tasks if t not in TASK_STREAM]
     if unsupported:
         raise ValueError(f"training supports the tasks {[t.value for t in TASK_STREAM]}, not {unsupported}")
     run, cfg = paths.run(settings), settings.train
-    data = TrainData.load(paths)
+    if is_finished(run.attempt):  # a promotion was interrupted: complete it before anything else
+        promote(run)
     device = Device.resolve(cfg.device, cfg.precision)
+    finished = finished_state(run, settings) if resume and not resumable(run.attempt, settings) else None
+    if finished is not None:
+        log.info("%s is already trained with these settings (best epoch %d)", run.root, finished.best_epoch)
+        return _result(finished, device, run, settings)
+    data = TrainData.load(paths)
     model, pretrained = build_model(settings, data, device)
     optimizer = make_optimizer(model, settings)
-    state = TrainState(fingerprint(settings), pretrained)
-    saved = read_state(run.last) if resume and (run.last / STATE_FILE).is_file() else None
-    if saved is not None and saved.fingerprint == state.fingerprint:
-        state = load_last(run.last, model, optimizer)
-        log.info("resuming %s after epoch %d (best epoch %d)", run.root, state.epoch, state.best_epoch)
-    elif saved is not None:
-        log.warning("%s was written with other settings (fingerprint %s, now %s): training afresh", run.last,
-                    saved.fingerprint, state.fingerprint)
-    elif run.last.is_dir():
-        log.info("%s holds an earlier run; training afresh (resume=False)", run.root)
+    state = attempt_state(run, model, optimizer, TrainState(fingerprint(settings), pretrained), resume)
     log.info("training %s on %s: %d users, %d items, tasks %s, pretrained T5: %s", run.root.name,
              device.describe(), data.n_users, data.n_items, [t.value for t in model.tasks], state.pretrained)
     if not state.done(cfg.max_epochs, cfg.patience):
-        fit(model, optimizer, load_tokenizer(settings.model), data, settings, state, run, device, on_epoch)
-    write_history(run, state, device, settings, finished=True)
-    stopped_early = state.epoch < cfg.max_epochs
-    if stopped_early:
-        log.info("early stop after epoch %d: no better validation loss for %d epochs", state.epoch, state.stale)
+        fit(model, optimizer, load_tokenizer(settings.model), data, settings, state, run.attempt, device, on_epoch)
+    write_history(run.attempt, state, device, settings, finished=True)
+    promote(run)
+    if state.epoch < cfg.max_epochs:
+        log.info("early stop after epoch %d: %d non-improving epochs (%s)", state.epoch, state.stale,
+                 cfg.early_stopping)
     log.info("best epoch %d (valid loss %.4f) -> %s", state.best_epoch, state.best_valid_loss, run.checkpoint)
+    return _result(state, device, run, settings)
+
+
+def _result(state: TrainState, device: Device, run: RunPaths, settings: Settings) -> TrainResult:
     return TrainResult([EpochRecord(**r) for r in state.history], state.best_epoch, state.best_valid_loss,
-                       state.pretrained, device.describe(), stopped_early, run)
+                       state.pretrained, device.describe(), state.epoch < settings.train.max_epochs, run)
 
 
 def fit(model: ELMRec, optimizer: torch.optim.Optimizer, tokenizer: PreTrainedTokenizerBase, data: TrainData,
         settings: Settings, state: TrainState, run: RunPaths, device: Device,
         on_epoch: Callable[[EpochRecord], None] | None) -> None:
-    """The epoch loop from state.epoch + 1; the next epoch's prompts are encoded while this one trains."""
+    """The epoch loop from state.epoch + 1, writing into `run` (the attempt folder); the next epoch's prompts are
+    encoded while this one trains."""
     cfg = settings.train
     valid = {task: model.encode(tokenizer, valid_prompts(task, data, settings), task) for task in model.tasks}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="elmrec-encode") as encoder:
@@ -289,7 +325,7 @@ def fit(model: ELMRec, optimizer: torch.optim.Optimizer, tokenizer: PreTrainedTo
                 train_losses, samples, seconds = run_epoch(model, optimizer, parts, settings, epoch, device)
                 valid_losses = validation_losses(model, valid, cfg.batch_size, device)
                 valid_loss = float(np.mean(list(valid_losses.values())))
-                best = state.update(epoch, valid_loss)
+                best = state.update(epoch, valid_loss, cfg.early_stopping)
                 record = EpochRecord(epoch, float(np.mean(list(train_losses.values()))), valid_loss, train_losses,
                                      valid_losses, samples, seconds, samples / seconds if seconds else 0.0, best)
                 state.history.append(asdict(record))

@@ -17,9 +17,10 @@ from typing import Any, NamedTuple
 import torch
 from transformers.generation import LogitsProcessor
 
+from elmrec.wholeword import IGNORE_INDEX
+
 logger = logging.getLogger(__name__)
 
-IGNORE = -100  # label padding, as in transformers
 
 
 def parse_item_text(text: str, n_items: int) -> int | None:
@@ -71,7 +72,7 @@ class ItemTrie:
             for n in [self.ROOT, *path]:
                 self._n_below[n] += 1
         self.max_len = max((len(s) for s in sequences), default=1)
-        self._labels = torch.full((self.n_items + 1, self.max_len), IGNORE, dtype=torch.long)  # (I+1, T)
+        self._labels = torch.full((self.n_items + 1, self.max_len), IGNORE_INDEX, dtype=torch.long)  # (I+1, T)
         for item, seq in enumerate(sequences, start=1):
             self._labels[item, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
         logger.info("item trie: %d items, %d nodes, depth %d", self.n_items, len(self._children), self.max_len)

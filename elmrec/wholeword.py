@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MENTION = re.compile(r"\b(user|item)_([0-9]+)")  # the spec; find_mentions is its vectorised twin
-IGNORE_INDEX = -100  # label value ignored by the cross-entropy loss
+IGNORE_INDEX = -100  # label value ignored by the cross-entropy loss (the one definition)
+MAX_PROMPT_TOKENS = 512  # prompts are truncated to this many tokens (keeping </s>), as T5 was pre-trained
 
 
 class WholeWordMode(str, Enum):
@@ -161,7 +162,7 @@ def encode(
     prompts: Sequence[Prompt] | Sequence[str],
     mode: WholeWordMode | str,
     n_users: int = 0,
-    max_length: int = 512,
+    max_length: int = MAX_PROMPT_TOKENS,
     table_size: int | None = None,
 ) -> Encoded:
     """Tokenize prompts (or bare texts) in one batched call and compute their whole-word IDs.
@@ -211,7 +212,7 @@ def _pad(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, fill: int) -> 
 def collate(encoded: Encoded, indices: Sequence[int] | np.ndarray, pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Pad the prompts `indices` of `encoded` into LongTensors.
 
-    input_ids, attention_mask, ww_ids: (B, L), padded with pad_id / 0 / 0; labels: (B, T) padded with -100,
+    input_ids, attention_mask, ww_ids: (B, L), padded with pad_id / 0 / 0; labels: (B, T) padded with IGNORE_INDEX,
     present only when `encoded` has targets.
     """
     rows = np.asarray(indices, dtype=np.int64)

@@ -2,7 +2,8 @@
 
 The key comes from elmrec.stages.fingerprint (settings that shape the stage, SHA-256 of its input files,
 source of the library modules it runs, output paths) plus the task's own source. The flow refreshes the
-cache of a stage that is forced or whose outputs were deleted since (elmrec.stages.outputs_exist).
+cache of a stage that is forced or whose stored output is not up to date (elmrec.stages.up_to_date: deleted,
+or built from other inputs than today's), so `Cached` always means the output on disk is today's.
 """
 
 from __future__ import annotations

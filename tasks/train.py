@@ -14,6 +14,7 @@ from prefect.logging import get_run_logger
 
 from elmrec.config import Settings
 from elmrec.paths import WorkPaths
+from elmrec.stages import recording
 from elmrec.train import EpochRecord, train
 from tasks.caching import stage_cache
 
@@ -33,7 +34,8 @@ def train_task(settings: Settings, resume: bool = True) -> Path:
                     record.valid_loss, " (best)" if record.best else "", record.samples_per_s)
         update_progress_artifact(progress, 100.0 * record.epoch / settings.train.max_epochs)
 
-    result = train(settings, WorkPaths.from_settings(settings), resume=resume, on_epoch=on_epoch)
+    with recording(settings, "train"):
+        result = train(settings, WorkPaths.from_settings(settings), resume=resume, on_epoch=on_epoch)
     update_progress_artifact(progress, 100.0)
     logger.info("best epoch %d (valid loss %.4f), checkpoint %s, pretrained=%s", result.best_epoch,
                 result.best_valid_loss, result.run.checkpoint, result.pretrained)

@@ -44,7 +44,8 @@ def test_paths_separate_settings_that_shape_data(tmp_path: Path) -> None:
     c = WorkPaths.from_settings(settings_for("demo", {"workdir": str(tmp_path)}))
     assert a.raw == b.raw == c.raw
     assert len({a.data.root, b.data.root, c.data.root}) == 3
-    assert a.data.root == tmp_path.resolve() / "beauty" / "p5-seed2024" / "data"
+    assert a.data.root.parent.parent == tmp_path.resolve() / "beauty" and a.data.root.name == "data"
+    assert a.data.root.parent.name.startswith("p5-seed2024-")
     assert a.graph.root.name == "graph-train"
 
 
@@ -55,10 +56,47 @@ def test_literal_types_list_every_preset_and_variant() -> None:
 
 def test_variants_are_one_setting_away() -> None:
     base = settings_for("demo", {"data": {"dataset": "sports"}})
-    assert variant_settings(base, "pod").model.variant == "pod"
-    assert variant_settings(base, "paper_decoding").eval.direct_mode == "beam"
+    assert variant_settings(base, "pod").model.alpha == 0.0
+    assert variant_settings(base, "paper_decoding").eval.direct_decoders == ["score", "beam"]
     tuned = variant_settings(base, "sequential_tuned")
     assert (tuned.model.alpha, tuned.model.sigma, tuned.eval.rerank_n) == (1, 5, 10)
     assert variant_settings(base, "elmrec") == base
     with pytest.raises(ValueError, match="unknown variant 'big'"):
         variant_settings(base, "big")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "problem"),
+    [
+        ({"train": {"lr": 0}}, "train.lr", "greater than 0"),
+        ({"train": {"lr": 2.0}}, "train.lr", "less than or equal to 1"),
+        ({"eval": {"top_n": 0}}, "eval.top_n", "greater than or equal to 1"),
+        ({"eval": {"direct_beams": 0}}, "eval.direct_beams", "greater than or equal to 1"),
+        ({"eval": {"sequential_beams": -1}}, "eval.sequential_beams", "greater than or equal to 1"),
+        ({"eval": {"rerank_n": -1}}, "eval.rerank_n", "greater than or equal to 0"),
+        ({"eval": {"batch_size": 0}}, "eval.batch_size", "greater than or equal to 1"),
+        ({"eval": {"max_users": 0}}, "eval.max_users", "greater than or equal to 1"),
+        ({"model": {"alpha": -1}}, "model.alpha", "greater than or equal to 0"),
+        ({"model": {"sigma": 0}}, "model.sigma", "greater than 0"),
+        ({"model": {"incremental_size": 1}}, "model.incremental_size", "greater than or equal to 2"),
+        ({"model": {"reduced": {"num_heads": 0}}}, "model.reduced.num_heads", "greater than or equal to 1"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"model": {"alpha": float("nan")}}, "model.alpha", "a finite number"),
+        ({"model": {"sigma": float("inf")}}, "model.sigma", "a finite number"),
+        ({"train": {"lr": "nan"}}, "train.lr", "a finite number"),
+    ],
+)
+def test_every_number_is_bounded_and_named(overrides: dict, field: str, problem: str) -> None:
+    message = rf"1 validation error for Settings\n{field}\n  Input should be {problem}"
+    with pytest.raises(ValidationError, match=message):
+        settings_for("demo", overrides)
+
+
+def test_dataset_must_be_known_to_its_source() -> None:
+    message = r"data\n  Value error, data.dataset: unknown p5 dataset 'nope'; known: \['beauty', 'sports', 'toys'\]"
+    with pytest.raises(ValidationError, match=message):
+        settings_for("demo", {"data": {"dataset": "nope"}})
+    with pytest.raises(ValidationError, match=r"data.dataset: unknown Amazon 2014 category 'nope'"):
+        settings_for("demo", {"data": {"dataset": "nope", "source": "amazon2014"}})
+    assert settings_for("demo", {"data": {"dataset": "nope", "source": "local"}}).data.dataset == "nope"
+    assert settings_for("demo", {"data": {"dataset": "toys"}}).data.dataset == "toys"

@@ -1,13 +1,15 @@
+import codecs
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 import pytest
 
 from elmrec.config import DataSettings
 from elmrec.data.amazon import k_core, load_amazon, read_reviews
-from elmrec.data.download import amazon_category
 from elmrec.data.p5 import DataError
+from elmrec.data.sources import amazon_category
 
 
 def write_reviews(path: Path, reviews: list[tuple[str, str, int]]) -> Path:
@@ -57,8 +59,51 @@ def test_empty_review_file(tmp_path: Path) -> None:
 
 
 def test_category_names() -> None:
-    assert amazon_category(DataSettings(dataset="sports", source="amazon2014")) == "Sports_and_Outdoors"
-    assert amazon_category(DataSettings(dataset="beauty", source="amazon2014")) == "Beauty"
-    assert amazon_category(DataSettings(dataset="x", source="amazon2014", category="video_games")) == "Video_Games"
+    assert amazon_category("sports") == "Sports_and_Outdoors"
+    assert amazon_category("beauty") == "Beauty"
+    assert amazon_category("x", "video_games") == "Video_Games"
     with pytest.raises(ValueError, match=r"unknown Amazon 2014 category 'Shoes'; known: Amazon_Instant_Video, "):
-        amazon_category(DataSettings(dataset="x", source="amazon2014", category="Shoes"))
+        amazon_category("x", "Shoes")
+    with pytest.raises(ValueError, match=r"data.dataset: unknown Amazon 2014 category 'Shoes'"):
+        DataSettings(dataset="x", source="amazon2014", category="Shoes")
+
+
+LINES = [json.dumps({"reviewerID": f"u{n}", "asin": "a", "unixReviewTime": n}).encode() + b"\n" for n in range(6)]
+
+
+def _gzip_in_two_parts() -> tuple[bytes, int]:
+    """A gzip file of LINES, flushed after line 3: (bytes, offset where the compressed lines 4.. begin)."""
+    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    head = packer.compress(b"".join(LINES[:3])) + packer.flush(zlib.Z_FULL_FLUSH)
+    return head + packer.compress(b"".join(LINES[3:])) + packer.flush(), len(head)
+
+
+def test_truncated_gzip_names_the_file_and_line(tmp_path: Path) -> None:
+    data, flushed = _gzip_in_two_parts()
+    assert gzip.decompress(data) == b"".join(LINES)
+    path = tmp_path / "reviews_Beauty_5.json.gz"
+    path.write_bytes(data[: flushed + 3])
+    with pytest.raises(DataError, match=rf"^{path}:4: truncated gzip file \(the data ends inside this line"):
+        read_reviews(path)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(lambda data, flushed: b"plain text, not gzip\n", r": not a gzip file \(no gzip header at byte 0\)$"),
+     (lambda data, flushed: data[:-8] + bytes(8), r":1: corrupt gzip data at or after this line \(.*check"),
+     (lambda data, flushed: data + b"junk", r": not a gzip file \(no gzip header at byte \d+\)$")],
+)
+def test_broken_gzip_is_a_data_error_naming_the_file(tmp_path: Path, damage, message: str) -> None:
+    path = tmp_path / "reviews_Beauty_5.json.gz"
+    path.write_bytes(damage(*_gzip_in_two_parts()))
+    with pytest.raises(DataError, match=rf"^{path}{message}"):
+        read_reviews(path)
+
+
+def test_gzip_members_and_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "r.json.gz"
+    path.write_bytes(gzip.compress(codecs.BOM_UTF8 + b"".join(LINES[:2])) + gzip.compress(b"".join(LINES[2:])))
+    assert read_reviews(path)["reviewerID"].to_list() == [f"u{n}" for n in range(6)]
+    plain = tmp_path / "r.json"
+    plain.write_bytes(codecs.BOM_UTF8 + b"".join(LINES))
+    assert read_reviews(plain)["unixReviewTime"].to_list() == list(range(6))

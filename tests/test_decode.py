@@ -1,7 +1,8 @@
-"""Decoding: item trie (elmrec.trie), exact candidate scoring, paper beam modes, trie-constrained beam search.
+"""Decoding: item trie (elmrec.trie), exact candidate scoring, paper beam modes, trie-constrained beam search,
+several decoders side by side on one encoder pass.
 
 A tiny random T5 (d_model 32, one layer, the real t5-small tokenizer and vocabulary) behind a stand-in with the
-`ELMRec` interface (`t5`, `encoder_inputs`, `generate`).
+`DecodingModel` interface (`t5`, `encoder_inputs`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-from elmrec import decode, trie
-from elmrec.config import EvalSettings, Task
-from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
+from elmrec import likelihood
+from elmrec.config import EvalSettings, ModelSettings, Task
+from elmrec.decode import DecodeInputs, DecodingModel, rank_direct, rank_sequential
+from elmrec.model import ELMRec
 from elmrec.trie import ItemTrie, ItemTrieLogitsProcessor, PrefixTree, parse_item_text
 
 T5_DIR = Path(__file__).resolve().parents[2] / "shared" / "t5-small"
@@ -38,34 +40,30 @@ class StandIn(nn.Module):
         self.t5 = T5ForConditionalGeneration(config)
         self.prompts = nn.Parameter(torch.randn(prompt_num, 32))
         self.ww = nn.Embedding(64, 32)
-        self.calls: list[dict[str, Any]] = []
+        self.encoded: list[int] = []  # batch size of every encoder_inputs call
 
     def encoder_inputs(self, input_ids: torch.Tensor, ww_ids: torch.Tensor, attention_mask: torch.Tensor,
                        task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+        self.encoded.append(len(input_ids))
         embeds = self.t5.get_input_embeddings()(input_ids) + self.ww(ww_ids)  # (B, L, d)
         batch = input_ids.shape[0]
         embeds = torch.cat([self.prompts.unsqueeze(0).expand(batch, -1, -1), embeds], dim=1)  # (B, P+L, d)
         mask = torch.cat([attention_mask.new_ones(batch, len(self.prompts)), attention_mask], dim=1)
         return embeds, mask
 
-    def generate(self, input_ids: torch.Tensor, ww_ids: torch.Tensor, attention_mask: torch.Tensor, task: Task,
-                 **kwargs: Any) -> torch.Tensor:
-        self.calls.append(kwargs)
-        embeds, mask = self.encoder_inputs(input_ids, ww_ids, attention_mask, task)
-        return self.t5.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
-
 
 class FixedOutputs(StandIn):
-    """A stand-in whose generate returns fixed decoder token sequences (B * num_return, T)."""
+    """A stand-in whose T5 generate returns fixed decoder token sequences (B * num_return, T)."""
 
     def __init__(self, sequences: torch.Tensor) -> None:
         super().__init__()
-        self.sequences = sequences
+        self.calls: list[dict[str, Any]] = []
 
-    def generate(self, input_ids: torch.Tensor, ww_ids: torch.Tensor, attention_mask: torch.Tensor, task: Task,
-                 **kwargs: Any) -> torch.Tensor:
-        self.calls.append(kwargs)
-        return self.sequences
+        def generate(**kwargs: Any) -> torch.Tensor:
+            self.calls.append(kwargs)
+            return sequences
+
+        self.t5.generate = generate
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +88,6 @@ PROMPTS = ["user_1 item_5 item_77 item_3", "user_2 item_9", "user_3 item_12 item
 # ---- trie ---------------------------------------------------------------------------------------------------
 
 HAND = [[5, 7, 1], [5, 8, 1], [6, 1], [5, 7, 9, 1]]  # items 1..4
-
-
-def test_decode_still_exports_the_trie_names() -> None:
-    assert decode.ItemTrie is trie.ItemTrie and decode.ItemTrieLogitsProcessor is trie.ItemTrieLogitsProcessor
-    assert decode.parse_item_text is trie.parse_item_text
 
 
 def test_trie_allowed_tokens_by_hand() -> None:
@@ -166,13 +159,13 @@ def brute_force_loglik(model: StandIn, inputs: DecodeInputs, u: int, item: int, 
 @pytest.mark.parametrize("chunk_tokens", [7, 10**6])  # one user per decoder pass; all users of a batch in one
 def test_score_mode_equals_brute_force_likelihoods(tokenizer: Any, monkeypatch: pytest.MonkeyPatch,
                                                    chunk_tokens: int) -> None:
-    monkeypatch.setattr(decode, "CHUNK_TOKENS", chunk_tokens)
+    monkeypatch.setattr(likelihood, "CHUNK_TOKENS", chunk_tokens)
     model = StandIn(seed=1)
     trie = ItemTrie.from_tokenizer(tokenizer, 300)
     rng = np.random.default_rng(5)
     candidates = [rng.choice(np.arange(1, 301), 12, replace=False).tolist() for _ in PROMPTS]
     inputs = make_inputs(tokenizer, PROMPTS, candidates=candidates)
-    result = rank_direct(model, inputs, trie, EvalSettings(batch_size=2), progress=False)
+    result = rank_direct(model, inputs, trie, EvalSettings(batch_size=2), progress=False)["score"]
     assert (result.n_invalid, result.n_outputs) == (0, 36)
     assert result.users.tolist() == [1, 2, 3]
     with torch.no_grad():
@@ -181,7 +174,7 @@ def test_score_mode_equals_brute_force_likelihoods(tokenizer: Any, monkeypatch: 
             order = np.argsort(-expected, kind="stable")
             assert result.items[u].tolist() == [cands[i] for i in order]
             np.testing.assert_allclose(result.scores[u], expected[order], rtol=1e-5, atol=1e-4)
-    again = rank_direct(model, inputs, trie, EvalSettings(batch_size=3, max_users=2), progress=False)
+    again = rank_direct(model, inputs, trie, EvalSettings(batch_size=3, max_users=2), progress=False)["score"]
     assert np.array_equal(again.items, result.items[:2]) and again.users.tolist() == [1, 2]
 
 
@@ -195,14 +188,15 @@ def test_prefix_tree_packing_equals_one_row_at_a_time(tokenizer: Any) -> None:
         labels[n, : len(r)] = torch.tensor(r)
     row_user = torch.tensor([u for u, _ in flat])
     with torch.no_grad():
-        hidden, mask = decode._encode(model, make_inputs(tokenizer, PROMPTS[:2]), Task.DIRECT)
+        inputs = make_inputs(tokenizer, PROMPTS[:2])
+        hidden, mask = likelihood.encode(model, inputs.input_ids, inputs.ww_ids, inputs.attention_mask, Task.DIRECT)
         expected = []
         for u, r in flat:
             lab = torch.tensor([r])
             logits = model.t5(encoder_outputs=(hidden[u : u + 1],), attention_mask=mask[u : u + 1], labels=lab).logits
             expected.append(float(logits.log_softmax(-1).gather(-1, lab.unsqueeze(-1)).sum()))
         for chunk_tokens in (1, 10**6):
-            got = decode._log_likelihood(model, hidden, mask, row_user, labels, chunk_tokens=chunk_tokens)
+            got = likelihood.log_likelihood(model, (hidden, mask), row_user, labels, chunk_tokens=chunk_tokens)
             np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
     tree = PrefixTree.of([[5, 7, 1], [5, 8, 1]], start_id=0)
     assert tree == ([0, 5, 7, 8], [0, 1, 2, 2], [-1, 0, 1, 1], [0, 1, 2, 0, 1, 3], [5, 7, 1, 5, 8, 1])
@@ -213,8 +207,8 @@ def test_beam_mode_counts_bad_outputs_as_misses(tokenizer: Any) -> None:
     texts = ["17", "abc", "99", "9", "9", "8"]  # user 1: candidate, unparseable, non-candidate; user 2: dup
     model = FixedOutputs(fixed_sequences(tokenizer, texts))
     inputs = make_inputs(tokenizer, PROMPTS[:2], candidates=[[5, 17, 42], [8, 9]])
-    settings = EvalSettings(direct_mode="beam", top_n=3, direct_beams=20)
-    result = rank_direct(model, inputs, ItemTrie.from_tokenizer(tokenizer, 200), settings, progress=False)
+    settings = EvalSettings(direct_decoders=["beam"], top_n=3, direct_beams=20)
+    result = rank_direct(model, inputs, ItemTrie.from_tokenizer(tokenizer, 200), settings, progress=False)["beam"]
     assert result.items.tolist() == [[17, -1, -1], [9, -1, 8]]
     assert (result.n_invalid, result.n_outputs) == (2, 6)
     assert np.isfinite(result.scores[[0, 1, 1], [0, 0, 2]]).all() and np.isnan(result.scores[0, 1:]).all()
@@ -229,8 +223,9 @@ def test_rerank_drops_invalid_and_history_keeps_top_n(tokenizer: Any) -> None:
     texts = ["17", "abc", "3", "4", "5", "5", "0123", "6"]
     model = FixedOutputs(fixed_sequences(tokenizer, texts))
     inputs = make_inputs(tokenizer, PROMPTS[:2], histories=[[17], []])
-    settings = EvalSettings(sequential_mode="rerank", top_n=2, rerank_n=2, sequential_beams=3)
-    result = rank_sequential(model, inputs, ItemTrie.from_tokenizer(tokenizer, 200), settings, progress=False)
+    settings = EvalSettings(sequential_decoders=["rerank"], top_n=2, rerank_n=2, sequential_beams=3)
+    result = rank_sequential(model, inputs, ItemTrie.from_tokenizer(tokenizer, 200), settings,
+                             progress=False)["rerank"]
     assert result.items.tolist() == [[3, 4], [5, 6]]
     assert (result.n_invalid, result.n_outputs) == (2, 8)
     assert model.calls[0]["num_beams"] == 4 and model.calls[0]["num_return_sequences"] == 4  # widened to 4
@@ -239,19 +234,74 @@ def test_rerank_drops_invalid_and_history_keeps_top_n(tokenizer: Any) -> None:
 def test_constrained_returns_only_unseen_catalogue_items(tokenizer: Any) -> None:
     n_items, top_n = 150, 10
     model = StandIn(seed=3)
+    calls, t5_generate = [], model.t5.generate
+    model.t5.generate = lambda **kwargs: calls.append(kwargs) or t5_generate(**kwargs)
     trie = ItemTrie.from_tokenizer(tokenizer, n_items)
     settings = EvalSettings(top_n=top_n, sequential_beams=30, batch_size=2)
     free = rank_sequential(model, make_inputs(tokenizer, PROMPTS, histories=[[], [], []]), trie, settings,
-                           progress=False)
+                           progress=False)["constrained"]
     # history = the items the unconstrained-by-history search preferred, plus random ones
     rng = np.random.default_rng(0)
     histories = [row[:6].tolist() + rng.choice(np.arange(1, n_items + 1), 20).tolist() for row in free.items]
     inputs = make_inputs(tokenizer, PROMPTS, histories=histories)
-    result = rank_sequential(model, inputs, trie, settings, progress=False)
+    result = rank_sequential(model, inputs, trie, settings, progress=False)["constrained"]
     assert (result.n_invalid, result.n_outputs) == (0, 3 * top_n)
     for row, scores, history in zip(result.items.tolist(), result.scores, histories):
         assert len(set(row)) == top_n and all(1 <= i <= n_items for i in row) and not set(row) & set(history)
         assert np.all(np.diff(scores) <= 1e-4)  # length_penalty 0: beams come out by summed log-likelihood
-    rerun = rank_sequential(model, inputs, trie, settings, progress=False)
+    rerun = rank_sequential(model, inputs, trie, settings, progress=False)["constrained"]
     assert np.array_equal(rerun.items, result.items) and np.array_equal(rerun.scores, result.scores)
-    assert model.calls[-1]["length_penalty"] == 0.0 and model.calls[-1]["num_return_sequences"] == top_n
+    assert calls[-1]["length_penalty"] == 0.0 and calls[-1]["num_return_sequences"] == top_n
+
+
+# ---- decoders side by side ----------------------------------------------------------------------------------
+
+
+def test_models_satisfy_the_decoding_protocol() -> None:
+    stand_in = StandIn()
+    elmrec = ELMRec(stand_in.t5, ModelSettings(variant="no_graph", prompt_num=1), 3, 5, None, [Task.DIRECT])
+    assert isinstance(stand_in, DecodingModel) and isinstance(elmrec, DecodingModel)
+    assert not isinstance(stand_in.t5, DecodingModel)  # a bare T5 has no encoder_inputs
+
+
+def test_generate_from_shared_encoder_states_equals_generate_from_embeddings(tokenizer: Any) -> None:
+    model = StandIn(seed=5).eval()
+    inputs = make_inputs(tokenizer, PROMPTS)
+    kwargs = {"num_beams": 4, "num_return_sequences": 3, "do_sample": False, "max_new_tokens": 5,
+              "length_penalty": 1.0}
+    with torch.no_grad():
+        states = likelihood.encode(model, inputs.input_ids, inputs.ww_ids, inputs.attention_mask, Task.DIRECT)
+        shared = likelihood.generate(model, states, 4, 3, 5, 1.0)
+        embeds, mask = model.encoder_inputs(inputs.input_ids, inputs.ww_ids, inputs.attention_mask, Task.DIRECT)
+        own = model.t5.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        again = likelihood.generate(model, states, 4, 3, 5, 1.0)  # the states are not consumed by a first call
+    assert torch.equal(shared, own) and torch.equal(again, own) and shared.shape[0] == 9
+
+
+@pytest.mark.parametrize("task, decoders", [("direct", ["score", "beam"]), ("sequential", ["constrained", "rerank"])])
+def test_decoders_side_by_side_share_one_encoder_pass(tokenizer: Any, task: str, decoders: list[str]) -> None:
+    """Both decoders of a task in one call: one encoder pass per batch (beam rescoring included), and each
+    decoder's result equals the one it gives alone."""
+    model = StandIn(seed=4)
+    trie = ItemTrie.from_tokenizer(tokenizer, 150)
+    rng = np.random.default_rng(1)
+    if task == "direct":
+        inputs = make_inputs(tokenizer, PROMPTS, candidates=[rng.choice(np.arange(1, 151), 10, replace=False).tolist()
+                                                             for _ in PROMPTS])
+        rank, settings = rank_direct, EvalSettings(direct_decoders=decoders, top_n=4, direct_beams=6, batch_size=2)
+    else:
+        inputs = make_inputs(tokenizer, PROMPTS, histories=[[1, 2], [], [7]])
+        rank = rank_sequential
+        settings = EvalSettings(sequential_decoders=decoders, top_n=4, rerank_n=2, sequential_beams=6, batch_size=2)
+    both = rank(model, inputs, trie, settings, progress=False)
+    assert list(both) == decoders
+    assert model.encoded == [2, 1]  # 3 users in batches of 2: one encoder pass each, for both decoders
+    for decoder in decoders:
+        model.encoded.clear()
+        alone = rank(model, inputs, trie, settings, decoders=[decoder], progress=False)[decoder]
+        assert model.encoded == [2, 1]
+        assert np.array_equal(alone.items, both[decoder].items) and alone.users.tolist() == [1, 2, 3]
+        np.testing.assert_array_equal(alone.scores, both[decoder].scores)
+        assert (alone.n_invalid, alone.n_outputs) == (both[decoder].n_invalid, both[decoder].n_outputs)
+    with pytest.raises(ValueError, match="decoders must be among"):
+        rank(model, inputs, trie, settings, decoders=["rerank" if task == "direct" else "beam"], progress=False)

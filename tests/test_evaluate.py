@@ -12,8 +12,9 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from pydantic import ValidationError
 
-from elmrec.config import Settings, settings_for
+from elmrec.config import EvalSettings, Settings, settings_for
 from elmrec.data import schemas
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
@@ -34,6 +35,9 @@ HISTORIES = {1: [1, 2, 3, 4, 5], 2: [2, 6, 7, 1], 3: [8, 3, 2, 6, 4, 1], 4: [5, 
 TINY = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
 
 
+EXACT = {"direct_decoders": ["score"], "sequential_decoders": ["constrained"]}  # the paper preset adds beam, rerank
+
+
 def make_settings(workdir: Path, raw: Path, n_negatives: int = 99, **eval_overrides) -> Settings:
     return settings_for("paper", {
         "workdir": str(workdir),
@@ -41,7 +45,8 @@ def make_settings(workdir: Path, raw: Path, n_negatives: int = 99, **eval_overri
         "model": {"model_name": "t5-small", "model_mirror": str(SHARED), "reduced": TINY, "alpha": 2.0,
                   "sigma": 0.5, "n_layers": 2, "prompt_num": 2},
         "train": {"device": "cpu"},
-        "eval": {"direct_beams": 10, "sequential_beams": 10, "rerank_n": 2, "batch_size": 3, **eval_overrides},
+        "eval": {"direct_beams": 10, "sequential_beams": 10, "rerank_n": 2, "batch_size": 3, **EXACT,
+                 **eval_overrides},
     })  # fmt: skip
 
 
@@ -63,6 +68,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, WorkPat
     t5, _ = load_t5(settings.model)
     model = ELMRec(t5, settings.model, 4, 150, load_adjacency(paths.graph), settings.train.tasks)
     model.save(paths.run(settings).checkpoint)
+    paths.run(settings).history.write_text(json.dumps({"finished": True, "epochs": []}))  # as a finished training
     return settings, paths
 
 
@@ -89,22 +95,24 @@ def stored_candidates(paths: WorkPaths, split: str) -> dict[int, list[int]]:
 def test_model_metrics_and_predictions_on_test_split(trained) -> None:
     settings, paths = trained
     metrics = evaluate_model(settings, paths, progress=False)
-    folder = paths.run(settings).evaluation(settings.eval, "test")
+    folder = paths.run(settings).evaluation(settings)
     assert json.loads((folder / "metrics.json").read_text()) == metrics
-    assert set(metrics) == {"sequential", "direct"}
-    for task, mode in (("direct", "score"), ("sequential", "constrained")):
-        values = metrics[task]
-        assert {"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "invalid_rate", "coverage@10"} <= set(values)
-        assert values["n_users"] == 4 and values["mode"] == mode and values["invalid_rate"] == 0.0
+    assert {task: set(by_decoder) for task, by_decoder in metrics.items()} == {"sequential": {"constrained"},
+                                                                              "direct": {"score"}}
+    for task, decoder in (("direct", "score"), ("sequential", "constrained")):
+        values = metrics[task][decoder]
+        assert set(values) == {"hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "invalid_rate", "coverage@10",
+                               "n_users", "n_invalid"}
+        assert values["n_users"] == 4 and values["invalid_rate"] == 0.0 and values["n_invalid"] == 0
         assert 0.0 < values["coverage@10"] <= 40 / 150
 
-    direct = read_predictions(folder, "direct")
+    direct = read_predictions(folder, "direct_score")
     candidates = stored_candidates(paths, "test")
     for (user,), rows in direct.group_by("user"):
         assert sorted(rows["item"].to_list()) == sorted(candidates[user])  # score mode: exactly the candidates
         assert rows["rank"].to_list() == list(range(1, 101)) and rows["score"].is_sorted(descending=True)
 
-    sequential = read_predictions(folder, "sequential")
+    sequential = read_predictions(folder, "sequential_constrained")
     history = before_target("test")
     assert sequential.height == 4 * settings.eval.top_n
     for (user,), rows in sequential.group_by("user"):
@@ -114,12 +122,12 @@ def test_model_metrics_and_predictions_on_test_split(trained) -> None:
     # metrics agree with the predictions against the last items
     ranks = [rows.filter(pl.col("item") == HISTORIES[user][-1])["rank"].to_list() or [0]
              for (user,), rows in direct.group_by("user", maintain_order=True)]
-    assert metrics["direct"]["hr@10"] == np.mean([1 <= r[0] <= 10 for r in ranks])
+    assert metrics["direct"]["score"]["hr@10"] == np.mean([1 <= r[0] <= 10 for r in ranks])
 
 
 def test_rerun_gives_byte_identical_metrics(trained) -> None:
     settings, paths = trained
-    file = paths.run(settings).evaluation(settings.eval, "test") / "metrics.json"
+    file = paths.run(settings).evaluation(settings) / "metrics.json"
     evaluate_model(settings, paths, progress=False)
     first = file.read_bytes()
     evaluate_model(settings, paths, progress=False)
@@ -130,11 +138,11 @@ def test_validation_split_uses_second_last_item_and_valid_candidates(trained) ->
     settings, paths = trained
     valid = with_eval(settings, split="valid", max_users=3)
     metrics = evaluate_model(valid, paths, progress=False)
-    folder = paths.run(valid).evaluation(valid.eval, "valid")
+    folder = paths.run(valid).evaluation(valid)
     assert folder.name == "valid" and (folder / "metrics.json").is_file()
-    assert metrics["direct"]["n_users"] == metrics["sequential"]["n_users"] == 3
+    assert metrics["direct"]["score"]["n_users"] == metrics["sequential"]["constrained"]["n_users"] == 3
 
-    direct = read_predictions(folder, "direct")
+    direct = read_predictions(folder, "direct_score")
     candidates = stored_candidates(paths, "valid")
     ranks = []
     for (user,), rows in direct.group_by("user", maintain_order=True):
@@ -142,26 +150,55 @@ def test_validation_split_uses_second_last_item_and_valid_candidates(trained) ->
         ranks.append(rows.filter(pl.col("item") == HISTORIES[user][-2])["rank"].item())  # the second-last item
     assert sorted(direct["user"].unique().to_list()) == [1, 2, 3]
     gains = [1 / math.log2(r + 1) if r <= 10 else 0 for r in ranks]
-    assert metrics["direct"]["ndcg@10"] == pytest.approx(np.mean(gains))
+    assert metrics["direct"]["score"]["ndcg@10"] == pytest.approx(np.mean(gains))
 
     history = before_target("valid")
-    for (user,), rows in read_predictions(folder, "sequential").group_by("user"):
+    for (user,), rows in read_predictions(folder, "sequential_constrained").group_by("user"):
         assert not set(rows["item"].to_list()) & history[user]
 
 
-def test_paper_modes_count_invalid_outputs(trained) -> None:
+def test_decoder_settings_are_validated_and_ordered() -> None:
+    assert EvalSettings(direct_decoders=["beam", "score"]).direct_decoders == ["score", "beam"]  # one folder per set
+    assert settings_for("paper").eval.sequential_decoders == ["constrained", "rerank"]  # the paper preset: both
+    assert (settings_for("mini").eval.direct_decoders, settings_for("mini").eval.sequential_decoders) == (
+        ["score"], ["constrained"])  # reduced presets: the exact ones
+    for bad, message in (([], "at least one"), (["score", "score"], "duplicate"), (["rerank"], "literal_error")):
+        with pytest.raises(ValidationError, match=message) as error:
+            EvalSettings(direct_decoders=bad)
+        assert "direct_decoders" in str(error.value)
+
+
+def test_paper_and_exact_decoders_in_one_evaluation(trained) -> None:
+    """The paper preset's decoders: one metrics.json holding both decoders per task, a predictions file each;
+    the exact decoders' results are those of an evaluation that runs them alone."""
     settings, paths = trained
-    paper = with_eval(settings, direct_mode="beam", sequential_mode="rerank", max_users=2)
+    exact = with_eval(settings, max_users=2)
+    alone = evaluate_model(exact, paths, progress=False)
+    alone_folder = paths.run(exact).evaluation(exact)
+    paper = with_eval(exact, direct_decoders=["score", "beam"], sequential_decoders=["constrained", "rerank"])
     metrics = evaluate_model(paper, paths, progress=False)
-    assert metrics["direct"]["mode"] == "beam" and metrics["sequential"]["mode"] == "rerank"
-    folder = paths.run(paper).evaluation(paper.eval, "test")
-    direct = read_predictions(folder, "direct")
+    folder = paths.run(paper).evaluation(paper)
+    assert folder != alone_folder and json.loads((folder / "metrics.json").read_text()) == metrics
+    assert {task: list(by_decoder) for task, by_decoder in metrics.items()} == {
+        "sequential": ["constrained", "rerank"], "direct": ["score", "beam"]}
+    assert sorted(p.name for p in folder.glob("predictions_*.parquet")) == [
+        "predictions_direct_beam.parquet", "predictions_direct_score.parquet",
+        "predictions_sequential_constrained.parquet", "predictions_sequential_rerank.parquet"]
+    for task, decoder in (("direct", "score"), ("sequential", "constrained")):
+        assert metrics[task][decoder] == alone[task][decoder]
+        name = f"{task}_{decoder}"
+        assert read_predictions(folder, name).equals(read_predictions(alone_folder, name))
+
+    beam = read_predictions(folder, "direct_beam")
     candidates = stored_candidates(paths, "test")
-    for (user,), rows in direct.group_by("user"):
+    assert beam.height == 2 * paper.eval.top_n and metrics["direct"]["beam"]["n_users"] == 2
+    for (user,), rows in beam.group_by("user"):
         assert set(rows["item"].to_list()) <= set(candidates[user]) | {-1}  # non-candidates are misses
-    assert direct.height == 2 * paper.eval.top_n
-    assert 0.0 <= metrics["direct"]["invalid_rate"] <= 1.0
-    assert metrics["direct"]["invalid_rate"] <= (direct["item"] == -1).mean()  # -1 also marks repeated items
+    assert metrics["direct"]["beam"]["invalid_rate"] == metrics["direct"]["beam"]["n_invalid"] / (2 * 10)
+    assert metrics["direct"]["beam"]["invalid_rate"] <= (beam["item"] == -1).mean()  # -1 also marks repeats
+    history = before_target("test")
+    for (user,), rows in read_predictions(folder, "sequential_rerank").group_by("user"):
+        assert not set(rows["item"].to_list()) & history[user]
 
 
 # ---- baselines -----------------------------------------------------------------------------------------------
@@ -212,12 +249,13 @@ def test_popularity_baseline_by_hand(hand_data, split, direct_ranks, sequential_
     metrics = evaluate_baselines(settings, paths)
     assert json.loads((paths.baselines(settings) / "metrics.json").read_text()) == metrics
     for task, ranks in (("direct", direct_ranks), ("sequential", sequential_ranks)):
-        got = metrics["popularity"][task]
+        assert list(metrics["popularity"][task]) == ["score"]  # every ranking by scores has decoder `score`
+        got = metrics["popularity"][task]["score"]
         assert {k: got[k] for k in expected(ranks)} == pytest.approx(expected(ranks)), task
-        assert got["n_users"] == 4 and got["invalid_rate"] == 0.0 and got["mode"] == "popularity"
-    assert metrics["popularity"]["sequential"]["coverage@10"] == pytest.approx(1.0)  # the lists cover all 12 items
-    assert set(metrics["random"]) == {"direct", "sequential"}
-    random_seq = read_predictions(paths.baselines(settings), "random_sequential")
+        assert got["n_users"] == 4 and got["invalid_rate"] == 0.0 and got["n_invalid"] == 0
+    assert metrics["popularity"]["sequential"]["score"]["coverage@10"] == pytest.approx(1.0)  # covers all 12 items
+    assert metrics["random"] == {t: {"score": metrics["random"][t]["score"]} for t in ("direct", "sequential")}
+    random_seq = read_predictions(paths.baselines(settings), "random_sequential_score")
     history = before_target(split)
     for (user,), rows in random_seq.group_by("user"):
         assert not set(rows["item"].to_list()) & history[user]
@@ -227,8 +265,9 @@ def test_popularity_baseline_by_hand(hand_data, split, direct_ranks, sequential_
 def test_baselines_respect_max_users(hand_data) -> None:
     settings, paths = hand_data
     metrics = evaluate_baselines(with_eval(settings, max_users=2), paths)
-    assert metrics["popularity"]["direct"]["n_users"] == metrics["random"]["sequential"]["n_users"] == 2
-    assert metrics["popularity"]["direct"]["hr@1"] == 0.0 and metrics["popularity"]["direct"]["hr@5"] == 1.0
+    popularity = metrics["popularity"]["direct"]["score"]
+    assert popularity["n_users"] == metrics["random"]["sequential"]["score"]["n_users"] == 2
+    assert popularity["hr@1"] == 0.0 and popularity["hr@5"] == 1.0
 
 
 # ---- Prefect tasks ---------------------------------------------------------------------------------------------
@@ -247,15 +286,18 @@ def test_tasks_publish_prefect_tables(trained, monkeypatch: pytest.MonkeyPatch) 
     settings = with_eval(settings, max_users=2)
     metrics_path = tasks_evaluate.evaluate_task.fn(settings)
     baselines_path = tasks_evaluate.baselines_task.fn(settings)
-    assert metrics_path == paths.run(settings).evaluation(settings.eval, "test") / "metrics.json"
+    assert metrics_path == paths.run(settings).evaluation(settings) / "metrics.json"
     assert baselines_path == paths.baselines(settings) / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     assert [t["key"] for t in tables] == ["evaluate-tiny-test", "baselines-tiny-test"]
     assert progress == [50.0, 100.0]  # after each of the two tasks
-    assert [row["task"] for row in tables[0]["table"]] == ["sequential", "direct"]
-    assert tables[0]["table"][1]["hr@10"] == round(metrics["direct"]["hr@10"], 4)
-    assert {(row["baseline"], row["task"]) for row in tables[1]["table"]} == {
-        (b, t) for b in ("popularity", "random") for t in ("sequential", "direct")}
+    assert [(row["task"], row["decoder"]) for row in tables[0]["table"]] == [("sequential", "constrained"),
+                                                                             ("direct", "score")]
+    assert tables[0]["table"][1]["hr@10"] == round(metrics["direct"]["score"]["hr@10"], 4)
+    baselines = json.loads(baselines_path.read_text())
+    assert {"popularity", "random"} <= set(baselines)
+    assert sorted((row["baseline"], row["task"], row["decoder"]) for row in tables[1]["table"]) == sorted(
+        (b, t, "score") for b in baselines for t in ("sequential", "direct"))  # metrics.json sorts its keys
 
 
 @pytest.mark.slow
@@ -273,5 +315,21 @@ def test_tasks_run_under_prefect(trained) -> None:
 
     with prefect_test_harness(server_startup_timeout=120):
         metrics_path, baselines_path = evaluate_flow()
-    assert json.loads(metrics_path.read_text())["direct"]["n_users"] == 1
-    assert json.loads(baselines_path.read_text())["random"]["direct"]["n_users"] == 1
+    assert json.loads(metrics_path.read_text())["direct"]["score"]["n_users"] == 1
+    assert json.loads(baselines_path.read_text())["random"]["direct"]["score"]["n_users"] == 1
+
+
+def test_id_order_baseline_by_hand(hand_data) -> None:
+    """Test split, 12 items. Sequential: walk up from the largest visible ID, then down, skipping the history:
+    u1 [1,2,3,4] -> 5: 1; u2 [2,6,7] -> 8,9,10,11,12,5,4,3,1: 9; u3 [8,3,2,6,4] -> 9,10,11,12,7,5,1: 7;
+    u4 [5,7] -> 8: 1. Direct, by distance to the nearest training item: u1 {1,2,3} [9,5,6,7] -> 5 first;
+    u2 {2,6} [1,3,10,11] -> 1 (ties 3, stored order first); u3 {2,3,6,8} [5,1,7,9] all at 1 -> stored order, 1
+    second; u4 {5} [8,12,11,10] -> 8 first."""
+    from elmrec.evaluate import SCORE_DECODER
+
+    settings, paths = hand_data
+    metrics = evaluate_baselines(settings, paths)["id_order"]
+    for task, ranks in (("direct", [1, 1, 2, 1]), ("sequential", [1, 9, 7, 1])):
+        got = metrics[task][SCORE_DECODER]
+        assert {k: got[k] for k in expected(ranks)} == pytest.approx(expected(ranks)), task
+        assert got["n_users"] == 4

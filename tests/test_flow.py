@@ -48,7 +48,7 @@ def test_flow_runs_every_stage_caches_reruns_and_records_mlflow(overrides: dict[
     settings = settings_for("demo", overrides)
     paths = WorkPaths.from_settings(settings)
     assert json.loads(paths.data.stats.read_text())["n_users"] == 4
-    assert set(result["results"]) == {"popularity", "random", "elmrec", "pod"}
+    assert set(result["results"]) == {"popularity", "random", "id_order", "elmrec", "pod"}
     assert set(result["results"]["elmrec"]) == {"sequential", "direct"}
 
     runs = tracking.find_runs(settings)
@@ -59,7 +59,7 @@ def test_flow_runs_every_stage_caches_reruns_and_records_mlflow(overrides: dict[
     assert {"graph.leak_probe_valid_hr_at_5", "graph.leak_probe_test_hr_at_5"} <= set(parent["metrics"])
     assert sorted(r["name"] for r in children) == ["baselines", "elmrec", "pod"]
     elmrec_child = next(r for r in children if r["name"] == "elmrec")
-    assert "test.direct.hr_at_10" in elmrec_child["metrics"] and "valid_loss" in elmrec_child["metrics"]
+    assert "test.direct.score.hr_at_10" in elmrec_child["metrics"] and "valid_loss" in elmrec_child["metrics"]
     assert elmrec_child["params"]["pretrained"] == "False"
     first = task_states(state.state_details.flow_run_id)
     assert set(first["train"]) == {"Completed"} and len(first["train"]) == 2
@@ -106,9 +106,11 @@ def test_ablation_deployment_variants_share_one_parent_and_train_shared_checkpoi
     assert sorted(r["name"] for r in children) == sorted([*variants, "baselines"])
     for child in children:
         if child["name"] != "baselines":
-            assert {"test.direct.hr_at_10", "test.sequential.hr_at_10"} <= set(child["metrics"]), child["name"]
+            assert {"test.direct.score.hr_at_10", "test.sequential.constrained.hr_at_10"} <= set(child["metrics"]), \
+                child["name"]
     params = {r["name"]: r["params"] for r in children}
-    assert params["paper_decoding"]["eval.direct_mode"] == "beam" and params["elmrec"]["eval.direct_mode"] == "score"
+    assert params["paper_decoding"]["eval.direct_decoders"] == '["score", "beam"]'
+    assert params["elmrec"]["eval.direct_decoders"] == '["score"]'
     # paper_decoding differs from elmrec in decoding only: it evaluates elmrec's checkpoint, trained once
     first = task_states(state.state_details.flow_run_id)
     assert sorted(first["train"]) == ["Cached"] + ["Completed"] * 4 and len(first["evaluate"]) == 5
@@ -117,3 +119,49 @@ def test_ablation_deployment_variants_share_one_parent_and_train_shared_checkpoi
     again = elmrec(preset="demo", overrides=overrides, variants=variants, stages=[Stage.TRAIN], force=[Stage.TRAIN],
                    return_state=True)
     assert sorted(task_states(again.state_details.flow_run_id)["train"]) == ["Cached"] + ["Completed"] * 4
+
+
+def run_states(flow_state: Any) -> dict[str, list[str]]:
+    return task_states(flow_state.state_details.flow_run_id)
+
+
+@pytest.mark.slow
+def test_each_stage_alone_on_a_fresh_work_dir_then_cached_until_the_user_replaces_the_data(
+        tmp_path: Path, tiny_histories, prefect_harness) -> None:
+    from flows.elmrec import elmrec
+
+    raw = write_p5(tmp_path / "mine", tiny_histories, n_items=150)
+    overrides = tiny_pipeline(raw, tmp_path / "work")
+    data_stages = [Stage.DOWNLOAD, Stage.PREPROCESS, Stage.GRAPH]
+    for stage in data_stages:  # as `elmrec task <stage>` runs them, one by one on a fresh work dir
+        state = elmrec(preset="demo", overrides=overrides, stages=[stage], force=[stage], return_state=True)
+        assert state.is_completed() and run_states(state)[stage.value] == ["Completed"]
+    settings = settings_for("demo", overrides)
+    parents = [r for r in tracking.find_runs(settings) if r["tags"].get("elmrec.role") == "parent"]
+    assert [r["status"] for r in parents] == ["FINISHED"] * 3
+
+    again = run_states(elmrec(preset="demo", overrides=overrides, stages=data_stages, return_state=True))
+    assert [again[s.value] for s in data_stages] == [["Cached"]] * 3
+
+    write_p5(raw, {**tiny_histories, 5: [1, 3, 5, 7]}, n_items=150)  # the user replaces the files: no --force
+    replaced = run_states(elmrec(preset="demo", overrides=overrides, stages=data_stages, return_state=True))
+    assert [replaced[s.value] for s in data_stages] == [["Completed"]] * 3
+    assert json.loads(WorkPaths.from_settings(settings).data.stats.read_text())["n_users"] == 5
+
+
+@pytest.mark.slow
+def test_a_fixed_bad_input_file_is_read_again(tmp_path: Path, tiny_histories, prefect_harness) -> None:
+    from flows.elmrec import elmrec
+
+    raw = write_p5(tmp_path / "mine", tiny_histories, n_items=150)
+    good = (raw / "sequential.txt").read_text()
+    (raw / "sequential.txt").write_text(good + "5 7 x\n")
+    overrides = tiny_pipeline(raw, tmp_path / "work")
+    stages = [Stage.DOWNLOAD, Stage.PREPROCESS]
+    failed = elmrec(preset="demo", overrides=overrides, stages=stages, return_state=True)
+    assert failed.is_failed()
+    (raw / "sequential.txt").write_text(good)
+    fixed = elmrec(preset="demo", overrides=overrides, stages=stages, return_state=True)
+    assert fixed.is_completed()
+    paths = WorkPaths.from_settings(settings_for("demo", overrides))
+    assert json.loads(paths.data.stats.read_text())["n_users"] == 4

@@ -9,16 +9,9 @@ import torch
 
 from elmrec.config import DataSettings
 from elmrec.data.preprocess import preprocess
-from elmrec.graph import (
-    bipartite_adjacency,
-    build_graph,
-    leak_probe,
-    load_adjacency,
-    normalize,
-    propagate,
-    to_torch_sparse,
-)
+from elmrec.graph import build_graph, leak_probe, load_adjacency
 from elmrec.paths import DataPaths, GraphPaths
+from elmrec.propagation import bipartite_adjacency, normalize, propagate, to_torch_sparse
 from tests.conftest import write_p5
 
 # 2 users, 3 items: user 1 - items 1, 2; user 2 - item 2. Item 3 is isolated. Nodes: 0 pad, 1-2 users, 3-5 items.

@@ -17,6 +17,8 @@ from elmrec.metrics import (
     rank_by_scores,
     rank_of,
     ranking_metrics,
+    tracked_metrics,
+    tracked_name,
 )
 
 
@@ -97,3 +99,14 @@ def test_decode_result_metrics() -> None:
     assert out["coverage@10"] == pytest.approx(7 / 10)  # {1,4,5,6,7,8,9}
     with pytest.raises(ValueError):
         result.ranks([1, 2])
+
+
+def test_tracked_metric_names_carry_task_and_decoder() -> None:
+    assert tracked_name("test", "direct", "beam", "hr@10") == "test.direct.beam.hr@10"
+    model = {"direct": {"score": {"hr@10": 0.25, "n_users": 4}, "beam": {"hr@10": 0.5, "flag": True}},
+             "sequential": {"constrained": {"ndcg@5": 0.125, "note": "text"}}}
+    assert tracked_metrics(model, "test") == {
+        "test.direct.score.hr@10": 0.25, "test.direct.score.n_users": 4.0, "test.direct.beam.hr@10": 0.5,
+        "test.sequential.constrained.ndcg@5": 0.125}  # booleans and text are not metrics
+    baselines = {"id_order": {"sequential": {"score": {"hr@5": 0.75}}}}
+    assert tracked_metrics(baselines, "valid") == {"valid.id_order.sequential.score.hr@5": 0.75}

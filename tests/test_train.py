@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from elmrec import train as training
+from elmrec.checkpoint import TrainState, UnfinishedTraining, checkpoint_to_evaluate, is_finished
 from elmrec.config import Settings, Task, settings_for
 from elmrec.data.preprocess import preprocess
 from elmrec.graph import build_graph
@@ -37,7 +38,8 @@ def synthetic_histories() -> dict[int, list[int]]:
 
 
 def tiny_settings(workdir: Path, **train: object) -> Settings:
-    values = {"batch_size": 4, "max_epochs": 3, "patience": 5, "valid_users": None, "device": "cpu", **train}
+    values = {"batch_size": 4, "max_epochs": 3, "patience": 5, "valid_users": None, "device": "cpu",
+              "passes_per_epoch": 1, "early_stopping": "consecutive", **train}
     return settings_for("paper", {
         "workdir": str(workdir), "seed": 7,
         "data": {"dataset": "tiny", "source": "local", "path": str(workdir / "tiny" / "raw"), "n_negatives": 9},
@@ -65,7 +67,17 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def workdir(prepared: Path, tmp_path: Path) -> Path:
     """A fresh copy of the prepared work dir: runs of one test never see those of another."""
-    return Path(shutil.copytree(prepared, tmp_path / "work"))
+    return copy_work(prepared, tmp_path / "work")
+
+
+def copy_work(source: Path, target: Path) -> Path:
+    """A copy of a prepared work dir at `target`. Folder names hash the local source's path, which lies in the
+    work dir: the copied raw and data folders are renamed to the keys of the copy's settings."""
+    shutil.copytree(source, target)
+    before, after = WorkPaths.from_settings(tiny_settings(source)), WorkPaths.from_settings(tiny_settings(target))
+    for old, new in ((before.raw, after.raw), (before.derived, after.derived)):
+        (target / old.relative_to(source)).rename(new)
+    return target
 
 
 def run(settings: Settings, **kwargs) -> training.TrainResult:
@@ -88,7 +100,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 def test_two_runs_with_one_seed_give_the_same_loss_curve(workdir: Path, tmp_path: Path) -> None:
-    again = Path(shutil.copytree(workdir, tmp_path / "again"))
+    again = copy_work(workdir, tmp_path / "again")
     first, second = run(tiny_settings(workdir)), run(tiny_settings(again))
     assert len(first.history) == 3 and curve(first) == curve(second)  # exact float equality
     assert_same_weights(weights(first.run.checkpoint), weights(second.run.checkpoint))
@@ -111,7 +123,7 @@ def test_tiny_model_overfits_tiny_dataset(tmp_path: Path) -> None:
 
 
 def test_resume_equals_uninterrupted(workdir: Path, tmp_path: Path) -> None:
-    other = tiny_settings(Path(shutil.copytree(workdir, tmp_path / "interrupted")), max_epochs=4)
+    other = tiny_settings(copy_work(workdir, tmp_path / "interrupted"), max_epochs=4)
     uninterrupted = run(tiny_settings(workdir, max_epochs=4))
 
     def crash_after_epoch_2(record: EpochRecord) -> None:
@@ -172,17 +184,7 @@ def test_training_prompts_never_hold_validation_or_test_items(workdir: Path, mon
 
 
 def test_early_stopping_after_patience_keeps_the_best_checkpoint(workdir: Path, tmp_path: Path, monkeypatch) -> None:
-    reference_dir = Path(shutil.copytree(workdir, tmp_path / "reference"))
-
-    def scripted(*losses: float):
-        """A stand-in for validation_losses giving every task the next scripted loss, one per epoch."""
-        remaining = iter(losses)
-
-        def validation(model, valid, batch_size, device) -> dict[str, float]:
-            loss = next(remaining)
-            return {task.value: loss for task in valid}
-        return validation
-
+    reference_dir = copy_work(workdir, tmp_path / "reference")
     # best at epoch 2; epochs 3 and 4 do not improve (4.0 ties), so patience 2 stops after epoch 4
     monkeypatch.setattr(training, "validation_losses", scripted(5.0, 4.0, 4.5, 4.0, 6.0, 1.0))
     result = run(tiny_settings(workdir, max_epochs=10, patience=2))
@@ -208,13 +210,18 @@ def test_epochs_alternate_between_tasks() -> None:
     assert order == [(Task.SEQUENTIAL, 0), (Task.DIRECT, 10), (Task.SEQUENTIAL, 1), (Task.SEQUENTIAL, 2)]
 
 
-def test_validation_uses_the_first_valid_users(workdir: Path) -> None:
+def test_validation_uses_a_seeded_random_sample_of_users(workdir: Path) -> None:
     settings = tiny_settings(workdir, valid_users=5)
     data = TrainData.load(WorkPaths.from_settings(settings))
+    sample = [5, 6, 9, 10, 11]  # default_rng([7, STREAM_VALID_USERS]).choice(users 1..12, 5), sorted: not 1..5
     for task in (Task.SEQUENTIAL, Task.DIRECT):
         prompts = training.valid_prompts(task, data, settings)
-        assert [p.user for p in prompts] == [1, 2, 3, 4, 5]
-        assert [int(p.target) for p in prompts] == [synthetic_histories()[u][-2] for u in range(1, 6)]
+        assert [p.user for p in prompts] == sample
+        assert [int(p.target) for p in prompts] == [synthetic_histories()[u][-2] for u in sample]
+    other_seed = settings.model_copy(update={"seed": 8})
+    assert training.valid_users(data, other_seed).tolist() != sample
+    everyone = tiny_settings(workdir, valid_users=12)
+    assert training.valid_users(data, everyone).tolist() == list(range(1, 13))
 
 
 def test_recorded_variant_run_holds_the_training_curve(workdir: Path) -> None:
@@ -275,3 +282,113 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch(workdir: Path) -> No
     assert whole.keys() == sliced.keys() and "node_table.weight" in whole
     for name, grad in whole.items():
         assert (sliced[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name  # float32 rounding only
+
+
+def test_early_stopping_rules_on_a_scripted_loss_sequence() -> None:
+    """patience 2 on 5, 4, 4.5, 3, 3.5, 3.6, ...: consecutive resets at the new best of epoch 4 and stops after
+    epoch 6; cumulative (the authors') keeps epoch 3's count and stops after epoch 5."""
+    losses = [5.0, 4.0, 4.5, 3.0, 3.5, 3.6, 3.7, 3.8]
+    stops = {}
+    for rule, stale in (("consecutive", [0, 0, 1, 0, 1, 2]), ("cumulative", [0, 0, 1, 1, 2])):
+        state = TrainState("f", pretrained=False)
+        seen = []
+        for epoch, loss in enumerate(losses, start=1):
+            state.update(epoch, loss, rule)
+            seen.append(state.stale)
+            if state.done(max_epochs=100, patience=2):
+                break
+        assert seen == stale, rule
+        stops[rule] = (state.epoch, state.best_epoch, state.best_valid_loss)
+    assert stops == {"consecutive": (6, 4, 3.0), "cumulative": (5, 4, 3.0)}
+
+
+def scripted(*losses: float):
+    """A stand-in for validation_losses giving every task the next scripted loss, one per epoch."""
+    remaining = iter(losses)
+
+    def validation(model, valid, batch_size, device) -> dict[str, float]:
+        loss = next(remaining)
+        return {task.value: loss for task in valid}
+    return validation
+
+
+def test_cumulative_rule_stops_training(workdir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(training, "validation_losses", scripted(5.0, 4.0, 4.5, 3.0, 3.5, 3.6))
+    result = run(tiny_settings(workdir, max_epochs=10, patience=2, early_stopping="cumulative"))
+    assert [r.epoch for r in result.history] == [1, 2, 3, 4, 5] and result.stopped_early
+    assert [r.best for r in result.history] == [True, True, False, True, False] and result.best_epoch == 4
+    history = json.loads(result.run.history.read_text())
+    assert history["early_stopping"] == "cumulative" and history["finished"]
+
+
+def test_passes_per_epoch_multiply_the_steps(workdir: Path, monkeypatch) -> None:
+    """12 users, batch 4: one pass is 3 batches per task; three passes are 9, each user 3 times per task."""
+    steps: list[Task] = []
+    original = training.train_step
+
+    def counting(model, optimizer, batch, task, device, micro_batch_size=None):
+        steps.append(task)
+        return original(model, optimizer, batch, task, device, micro_batch_size)
+
+    monkeypatch.setattr(training, "train_step", counting)
+    settings = tiny_settings(workdir, max_epochs=1, passes_per_epoch=3)
+    result = run(settings)
+    assert len(steps) == 18 and steps.count(Task.SEQUENTIAL) == steps.count(Task.DIRECT) == 9
+    assert result.history[0].samples == 3 * 2 * N_USERS
+    data = TrainData.load(WorkPaths.from_settings(settings))
+    for task in (Task.SEQUENTIAL, Task.DIRECT):
+        prompts = training.epoch_prompts(task, data, settings, epoch=1)
+        assert sorted(p.user for p in prompts) == sorted(list(range(1, N_USERS + 1)) * 3)
+        one_pass = training.epoch_prompts(task, data, tiny_settings(workdir, passes_per_epoch=1), epoch=1)
+        assert prompts[:N_USERS] == one_pass and prompts[N_USERS:2 * N_USERS] != one_pass  # fresh draws per pass
+    steps.clear()
+    run(tiny_settings(workdir, max_epochs=1))
+    assert len(steps) == 6
+
+
+def test_a_killed_retrain_never_touches_the_finished_model(workdir: Path, tmp_path: Path) -> None:
+    """A finished run, retrained (resume=False) and killed after epoch 1: checkpoint/ and history.json stay
+    byte-identical and finished, evaluation still gets the finished model; resume finishes the attempt, equal to
+    an uninterrupted run."""
+    settings = tiny_settings(workdir, max_epochs=2)
+    first = run(settings)
+    folder = first.run
+    before = {p.relative_to(folder.root): p.read_bytes()
+              for p in [*folder.checkpoint.rglob("*"), folder.history] if p.is_file()}
+
+    def killed_after_epoch_1(record: EpochRecord) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(settings, on_epoch=killed_after_epoch_1)
+    after = {p.relative_to(folder.root): p.read_bytes()
+             for p in [*folder.checkpoint.rglob("*"), folder.history] if p.is_file()}
+    assert after == before and json.loads(folder.history.read_text())["finished"]
+    assert (folder.attempt.checkpoint).is_dir() and not is_finished(folder.attempt)
+    assert checkpoint_to_evaluate(folder) == folder.checkpoint
+
+    seen: list[int] = []
+    resumed = run(settings, resume=True, on_epoch=lambda record: seen.append(record.epoch))
+    assert seen == [2] and not folder.attempt.root.exists()
+    assert curve(resumed) == curve(first)  # the same settings and seed: the same training
+    assert_same_weights(weights(folder.checkpoint), weights(first.run.checkpoint))
+    again: list[int] = []
+    assert curve(run(settings, resume=True, on_epoch=lambda record: again.append(record.epoch))) == curve(first)
+    assert again == []  # finished with these settings: nothing to train
+
+
+def test_evaluation_refuses_an_unfinished_training_unless_asked(workdir: Path) -> None:
+    settings = tiny_settings(workdir, max_epochs=2)
+    folder = WorkPaths.from_settings(settings).run(settings)
+    with pytest.raises(FileNotFoundError, match="no trained model"):
+        checkpoint_to_evaluate(folder)
+
+    def killed(record: EpochRecord) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(settings, on_epoch=killed)
+    assert not folder.checkpoint.exists() and not folder.history.exists()  # nothing finished yet
+    with pytest.raises(UnfinishedTraining, match=r"epoch 1 of 2 done.*allow_unfinished"):
+        checkpoint_to_evaluate(folder)
+    assert checkpoint_to_evaluate(folder, allow_unfinished=True) == folder.attempt.checkpoint

@@ -1,15 +1,18 @@
 """Parse a raw Amazon 2014 review file into a `Corpus`: k-core filtering, chronological order, IDs from 1.
 
-The file has one JSON object a line (`reviewerID`, `asin`, `unixReviewTime`, ...), optionally gzipped.
+The file has one JSON object a line (`reviewerID`, `asin`, `unixReviewTime`, ...), optionally gzipped (a
+truncated or corrupt archive is a DataError naming the file and the line it breaks off in); a UTF-8 byte
+order mark is accepted.
 IDs are assigned as P5 did: users in order of first appearance in the file, items in order of first
 appearance when walking the users' chronological histories in user order.
 """
 
 from __future__ import annotations
 
-import gzip
+import codecs
 import json
 import logging
+import zlib
 from pathlib import Path
 
 import polars as pl
@@ -20,11 +23,41 @@ from elmrec.data.p5 import MIN_HISTORY, Corpus, DataError
 log = logging.getLogger(__name__)
 
 FIELDS = {"reviewerID": pl.String, "asin": pl.String, "unixReviewTime": pl.Int64}
+NEWLINE = b"\n"
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_CHUNK = 1 << 16  # compressed bytes per step: a corrupt archive is located to within this much
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when it ends in `.gz` (every gzip member), without a leading BOM."""
+    data = _gunzip(path) if path.suffix == ".gz" else path.read_bytes()
+    return data.removeprefix(codecs.BOM_UTF8)
+
+
+def _gunzip(path: Path) -> bytes:
+    compressed, out = path.read_bytes(), bytearray()
+    position = 0
+    while position < len(compressed) and compressed[position:].strip(b"\0"):  # one gzip member per pass
+        if compressed[position:position + 2] != GZIP_MAGIC:
+            raise DataError(f"{path}: not a gzip file (no gzip header at byte {position})")
+        member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        while not member.eof and position < len(compressed):
+            chunk = compressed[position:position + GZIP_CHUNK]
+            try:
+                out += member.decompress(chunk)
+            except zlib.error as error:
+                raise DataError(f"{path}:{out.count(NEWLINE) + 1}: corrupt gzip data at or after this line "
+                                f"({error})") from error
+            position += len(chunk) - len(member.unused_data)
+        if not member.eof:
+            raise DataError(f"{path}:{out.count(NEWLINE) + 1}: truncated gzip file (the data ends inside this "
+                            "line; download it again)")
+    return bytes(out)
 
 
 def read_reviews(path: Path) -> pl.DataFrame:
     """The (reviewerID, asin, unixReviewTime, row) columns of a JSON-lines review file, in file order."""
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    data = read_bytes(path)
     if not data.strip():
         raise DataError(f"{path}: file is empty")
     try:

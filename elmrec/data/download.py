@@ -1,7 +1,8 @@
-"""Download stage: fetch a dataset's source files into `<workdir>/<dataset>/raw/`.
+"""Download stage: fetch a dataset's source files into its raw folder (`WorkPaths.raw`).
 
 Sources:
-- `p5`: `sequential.txt` + `datamaps.json` from the public ELMRec copies, checked against known SHA-256 sums;
+- `p5`: `sequential.txt` + `datamaps.json` from the public ELMRec copies, checked against known SHA-256 sums
+  (elmrec.data.sources), and `negative.txt` (the authors' test negatives) where the base location has it;
 - `amazon2014`: a raw 5-core review file `reviews_<Category>_5.json.gz` from the public SNAP location;
 - `local`: a folder in P5 layout that the user names (no checksum; the same validation downstream).
 
@@ -23,41 +24,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elmrec.config import DataSettings
+from elmrec.data.sources import P5_SHA256, amazon_category
 from elmrec.paths import atomic_path
 
 log = logging.getLogger(__name__)
 
 P5_BASE = "https://raw.githubusercontent.com/WangXFng/ELMRec/main/data"
 P5_FILES = ("sequential.txt", "datamaps.json")
-# SHA-256 of the public copies. Toys has no recorded sum yet: it is downloaded unverified, with a warning.
-P5_SHA256: dict[str, dict[str, str | None]] = {
-    "beauty": {
-        "sequential.txt": "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
-        "datamaps.json": "c3386147637538f6d97f7eafffeb4e7180daa0638875bc1d889bbee45ce241a8",
-    },
-    "sports": {
-        "sequential.txt": "2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2",
-        "datamaps.json": "4746e0d7dada225d8a2191f9002b6a0335c065f5ebbb71cd305f00e2fda9f124",
-    },
-    "toys": {"sequential.txt": None, "datamaps.json": None},
-}
-
+NEGATIVES_FILE = "negative.txt"  # optional: the authors' test negatives (`user n1 ... n99`), no known checksum
 AMAZON_BASE = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
-AMAZON_CATEGORIES = (
-    "Amazon_Instant_Video", "Apps_for_Android", "Automotive", "Baby", "Beauty", "Books", "CDs_and_Vinyl",
-    "Cell_Phones_and_Accessories", "Clothing_Shoes_and_Jewelry", "Digital_Music", "Electronics",
-    "Grocery_and_Gourmet_Food", "Health_and_Personal_Care", "Home_and_Kitchen", "Kindle_Store",
-    "Movies_and_TV", "Musical_Instruments", "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies",
-    "Sports_and_Outdoors", "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games",
-)  # fmt: skip
-AMAZON_ALIASES = {"sports": "Sports_and_Outdoors", "toys": "Toys_and_Games"}
 
 RETRIES = 4  # network attempts per file; back-off doubles from 1 s
 CHUNK = 1 << 20
 
 
 class DownloadError(RuntimeError):
-    """A source could not be fetched or verified; the message says which URL and what to do."""
+    """A source could not be fetched or verified; the message says which URL and what to do.
+
+    `retryable`: whether trying again later may succeed (network trouble, HTTP 5xx, a truncated transfer);
+    a 404, a checksum mismatch or a missing local file never will.
+    """
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class SourceMissing(DownloadError):
+    """The base location has no such file (HTTP 404, or absent from a folder)."""
+
+
+def is_retryable(error: BaseException | None) -> bool:
+    """Whether a failed download is worth another attempt (the download task's retry condition)."""
+    return isinstance(error, DownloadError) and error.retryable
 
 
 @dataclass(frozen=True)
@@ -65,28 +64,21 @@ class SourceFile:
     relative: str  # path under the base location, e.g. "beauty/sequential.txt"
     name: str  # file name under raw/
     sha256: str | None
-
-
-def amazon_category(data: DataSettings) -> str:
-    """The SNAP category name for `data` (explicit `category`, an alias, or the dataset name), validated."""
-    wanted = data.category or AMAZON_ALIASES.get(data.dataset, data.dataset)
-    by_lower = {name.lower(): name for name in AMAZON_CATEGORIES}
-    if wanted.lower() not in by_lower:
-        raise ValueError(f"unknown Amazon 2014 category {wanted!r}; known: {', '.join(AMAZON_CATEGORIES)}")
-    return by_lower[wanted.lower()]
+    optional: bool = False  # absent from the base location: the download succeeds without it
 
 
 def source_files(data: DataSettings) -> list[SourceFile]:
-    """The files a dataset's source consists of, relative to its base location."""
+    """The files a dataset's source consists of, relative to its base location (the dataset name is known:
+    DataSettings checked it)."""
     if data.source == "p5":
-        if data.dataset not in P5_SHA256:
-            raise ValueError(f"unknown p5 dataset {data.dataset!r}; known: {sorted(P5_SHA256)}")
         sums = P5_SHA256[data.dataset]
-        return [SourceFile(f"{data.dataset}/{name}", name, sums[name]) for name in P5_FILES]
+        return [*(SourceFile(f"{data.dataset}/{name}", name, sums[name]) for name in P5_FILES),
+                SourceFile(f"{data.dataset}/{NEGATIVES_FILE}", NEGATIVES_FILE, None, optional=True)]
     if data.source == "amazon2014":
-        name = f"reviews_{amazon_category(data)}_5.json.gz"
+        name = f"reviews_{amazon_category(data.dataset, data.category)}_5.json.gz"
         return [SourceFile(name, name, None)]
-    return [SourceFile(name, name, None) for name in P5_FILES]
+    return [*(SourceFile(name, name, None) for name in P5_FILES),
+            SourceFile(NEGATIVES_FILE, NEGATIVES_FILE, None, optional=True)]
 
 
 def base_location(data: DataSettings, mirror: str | None) -> str:
@@ -100,19 +92,47 @@ def base_location(data: DataSettings, mirror: str | None) -> str:
 
 
 def download(data: DataSettings, raw_dir: Path, mirror: str | None = None) -> list[Path]:
-    """Fetch every source file of `data` into `raw_dir` (skipping verified ones); return their paths."""
+    """Fetch every source file of `data` into `raw_dir` (skipping verified ones); return their paths.
+
+    A failure leaves no folder behind that this call created.
+    """
     base = base_location(data, mirror)
-    if data.source == "p5" and data.dataset == "toys":
-        log.warning("no SHA-256 is recorded for p5/toys: its files are used unverified")
-    paths = []
-    for source in source_files(data):
-        target = raw_dir / source.name
-        if target.exists() and source.sha256 and sha256_of(target) == source.sha256:
-            log.info("%s already present and verified", target)
-        else:
-            fetch(join(base, source.relative), target, source.sha256, hint_mirror=data.source != "local")
-        paths.append(target)
-    return paths
+    if data.source == "local" and not is_url(base) and not Path(base).is_dir():
+        raise SourceMissing(f"--path {base}: no such folder")
+    created = [folder for folder in (raw_dir, raw_dir.parent) if not folder.exists()]
+    try:
+        paths = []
+        for source in source_files(data):
+            path = _fetch_source(base, source, raw_dir, hint_mirror=data.source != "local")
+            if path is not None:
+                paths.append(path)
+        return paths
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else wrote there meanwhile
+                pass
+        raise
+
+
+def _fetch_source(base: str, source: SourceFile, raw_dir: Path, hint_mirror: bool) -> Path | None:
+    """One source file into `raw_dir`; None for an optional file the base location does not have."""
+    target = raw_dir / source.name
+    if target.exists() and source.sha256 and sha256_of(target) == source.sha256:
+        log.info("%s already present and verified", target)
+        return target
+    location = join(base, source.relative)
+    try:
+        fetch(location, target, source.sha256, hint_mirror=hint_mirror and not source.optional)
+    except SourceMissing:
+        if not source.optional:
+            raise
+        if target.exists():  # a copy from another base location would not belong to this one
+            target.unlink()
+        log.info("optional %s is not at %s; continuing without it", source.name, location)
+        return None
+    return target
 
 
 def join(base: str, relative: str) -> str:
@@ -131,7 +151,7 @@ def fetch(location: str, target: Path, sha256: str | None, hint_mirror: bool = T
         else:
             source = Path(location)
             if not source.is_file():
-                raise DownloadError(f"{source} does not exist" + (_MIRROR_HINT if hint_mirror else ""))
+                raise SourceMissing(f"{source} does not exist" + (_MIRROR_HINT if hint_mirror else ""))
             shutil.copyfile(source, tmp)
         if tmp.stat().st_size == 0:
             raise DownloadError(f"{location} is empty")
@@ -158,13 +178,22 @@ def _download_with_retries(url: str, tmp: Path, hint_mirror: bool) -> None:
             _download_once(url, tmp)
             return
         except urllib.error.HTTPError as error:
-            if error.code < 500 or attempt == RETRIES:  # a 404 will not get better by retrying
-                raise DownloadError(f"{url}: HTTP {error.code}" + (_MIRROR_HINT if hint_mirror else "")) from error
+            hint = _MIRROR_HINT if hint_mirror else ""
+            if error.code == 404:
+                raise SourceMissing(f"{url}: HTTP 404{hint}") from error
+            if error.code < 500:  # will not get better by retrying
+                raise DownloadError(f"{url}: HTTP {error.code}{hint}") from error
+            if attempt == RETRIES:
+                raise DownloadError(f"{url}: HTTP {error.code} after {RETRIES} attempts{hint}",
+                                    retryable=True) from error
         except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError,
                 DownloadError) as error:
+            if isinstance(error, DownloadError) and not error.retryable:
+                raise
             if attempt == RETRIES:
                 raise DownloadError(
-                    f"could not fetch {url} after {RETRIES} attempts: {error}" + (_MIRROR_HINT if hint_mirror else "")
+                    f"could not fetch {url} after {RETRIES} attempts: {error}" + (_MIRROR_HINT if hint_mirror else ""),
+                    retryable=True,
                 ) from error
         log.warning("attempt %d/%d for %s failed; retrying in %.0f s", attempt, RETRIES, url, delay)
         time.sleep(delay)
@@ -179,7 +208,7 @@ def _download_once(url: str, tmp: Path) -> None:
             out.write(chunk)
             received += len(chunk)
     if expected is not None and received != int(expected):
-        raise DownloadError(f"{url}: truncated, received {received} of {expected} bytes")
+        raise DownloadError(f"{url}: truncated, received {received} of {expected} bytes", retryable=True)
 
 
 def sha256_of(path: Path) -> str:

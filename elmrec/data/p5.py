@@ -2,7 +2,8 @@
 
 `sequential.txt` has one line per user, `user item item ...`, chronological, integer IDs from 1.
 `datamaps.json` maps them back: `{"id2user": {"1": reviewerID, ...}, "id2item": {"1": asin, ...}}`.
-Every problem is reported with the file and line it was found on.
+Every problem is reported with the file and line it was found on: the user's own file (`shown`) where the
+stage reads a copy of it. A UTF-8 byte order mark is accepted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import polars as pl
 from elmrec.data import schemas
 
 MIN_HISTORY = 3  # leave-one-out needs at least one training item besides validation and test
+MAX_ID = 2**31 - 1  # IDs are stored as Int32
 
 
 class DataError(ValueError):
@@ -39,30 +41,34 @@ class Corpus:
         return self.item_map.height
 
 
-def read_text(path: Path) -> str:
-    """The UTF-8 text of `path`; an empty or undecodable file is a DataError naming the line."""
+def read_text(path: Path, shown: Path | None = None) -> str:
+    """The UTF-8 text of `path` (a leading BOM dropped); an empty or undecodable file is a DataError naming
+    `shown` (default: `path`) and the line."""
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+        raise DataError(f"{shown or path}:{line}: not UTF-8 text ({error.reason} at byte {error.start})") from error
     if not text.strip():
-        raise DataError(f"{path}: file is empty")
+        raise DataError(f"{shown or path}: file is empty")
     return text
 
 
-def parse_sequential(path: Path) -> pl.DataFrame:
+def parse_sequential(path: Path, shown: Path | None = None) -> pl.DataFrame:
     """`sequential.txt` -> frame (line, user, items) with integer IDs; validated line by line."""
-    text = read_text(path)
+    text = read_text(path, shown)
+    path = shown or path  # the name in messages
     lines = pl.DataFrame({"text": text.splitlines()}).with_row_index("line", offset=1)
     lines = lines.filter(pl.col("text").str.strip_chars() != "")
     tokens = lines.with_columns(pl.col("text").str.extract_all(r"\S+").alias("token"))
     tokens = tokens.explode("token", empty_as_null=True)  # lines are non-empty: no empty lists
     tokens = tokens.with_columns(pl.col("token").cast(pl.Int64, strict=False).alias("id"))
-    bad = tokens.filter(pl.col("id").is_null() | (pl.col("id") < 1) | (pl.col("id") > 2**31 - 1)).head(1)
+    bad = tokens.filter(pl.col("id").is_null() | (pl.col("id") < 1) | (pl.col("id") > MAX_ID)).head(1)
     if bad.height:
         row = bad.row(0, named=True)
+        if row["token"].isascii() and row["token"].isdigit() and int(row["token"]) > MAX_ID:
+            raise DataError(f"{path}:{row['line']}: ID {row['token']} is too large (IDs go up to {MAX_ID})")
         raise DataError(f"{path}:{row['line']}: {row['token']!r} is not a positive integer ID")
     per_line = tokens.group_by("line", maintain_order=True).agg(pl.col("id").first().alias("user"),
                                                                pl.col("id").slice(1).alias("items"))
@@ -81,9 +87,10 @@ def parse_sequential(path: Path) -> pl.DataFrame:
     return per_line
 
 
-def parse_datamaps(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+def parse_datamaps(path: Path, shown: Path | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """`datamaps.json` -> (user_map, item_map) with dense IDs 1..n checked."""
-    text = read_text(path)
+    text = read_text(path, shown)
+    path = shown or path  # the name in messages
     try:
         maps = json.loads(text)
     except json.JSONDecodeError as error:
@@ -105,14 +112,15 @@ def parse_datamaps(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     return frames[0], frames[1]
 
 
-def load_p5(raw_dir: Path) -> Corpus:
-    """Parse and cross-check `sequential.txt` and `datamaps.json` in `raw_dir`."""
-    seq_path, maps_path = raw_dir / "sequential.txt", raw_dir / "datamaps.json"
-    for path in (seq_path, maps_path):
+def load_p5(raw_dir: Path, shown_dir: Path | None = None) -> Corpus:
+    """Parse and cross-check `sequential.txt` and `datamaps.json` in `raw_dir`; messages name the files in
+    `shown_dir` (the user's folder that `raw_dir` copies) when given."""
+    for path in (raw_dir / "sequential.txt", raw_dir / "datamaps.json"):
         if not path.is_file():
             raise DataError(f"{path} is missing; run the download stage first (elmrec task download)")
-    per_line = parse_sequential(seq_path)
-    user_map, item_map = parse_datamaps(maps_path)
+    seq_path, maps_path = (shown_dir or raw_dir) / "sequential.txt", (shown_dir or raw_dir) / "datamaps.json"
+    per_line = parse_sequential(raw_dir / "sequential.txt", seq_path)
+    user_map, item_map = parse_datamaps(raw_dir / "datamaps.json", maps_path)
     unknown_user = per_line.filter(pl.col("user") > user_map.height).head(1)
     if unknown_user.height:
         row = unknown_user.row(0, named=True)

@@ -18,8 +18,8 @@ from elmrec.config import DataSettings
 from elmrec.data import schemas
 from elmrec.data.amazon import load_amazon
 from elmrec.data.download import source_files
-from elmrec.data.negatives import sample_negatives
-from elmrec.data.p5 import Corpus, load_p5
+from elmrec.data.negatives import NEGATIVES_FILE, read_authors_negatives, remap_negatives, sample_negatives
+from elmrec.data.p5 import Corpus, DataError, load_p5
 from elmrec.paths import DataPaths, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,15 @@ STREAM_SHUFFLE, STREAM_VALID, STREAM_TEST = 0, 1, 2
 def load_corpus(data: DataSettings, raw_dir: Path) -> Corpus:
     if data.source == "amazon2014":
         return load_amazon(raw_dir / source_files(data)[0].name, k=data.kcore)
-    return load_p5(raw_dir)
+    return load_p5(raw_dir, shown_dir=Path(data.path) if data.source == "local" and data.path else None)
+
+
+def check_negatives(corpus: Corpus, n_negatives: int) -> None:
+    """Every user needs `n_negatives` items it never interacted with; checked before any other work."""
+    most = int(corpus.histories["items"].list.n_unique().max() or 0)
+    if corpus.n_items - most < n_negatives:
+        raise DataError(f"data.n_negatives={n_negatives} is too large: the catalogue has {corpus.n_items} items and "
+                        f"a user interacted with {most} of them, leaving at most {corpus.n_items - most} negatives")
 
 
 def remap_items(corpus: Corpus, new_id: np.ndarray) -> Corpus:
@@ -75,12 +83,17 @@ def split_interactions(histories: pl.DataFrame) -> pl.DataFrame:
     return schemas.conform(exploded.with_columns(split.alias("split")), schemas.INTERACTIONS)
 
 
-def draw_candidates(histories: pl.DataFrame, n_items: int, n_negatives: int, seed: int) -> pl.DataFrame:
-    """Validation and test candidates: the held-out item inserted at a seeded slot among fresh negatives."""
+def draw_candidates(histories: pl.DataFrame, n_items: int, n_negatives: int, seed: int,
+                    test_negatives: np.ndarray | None = None) -> pl.DataFrame:
+    """Validation and test candidates: the held-out item inserted at a seeded slot among fresh negatives (or,
+    for the test split, among `test_negatives`, rows in the order of `histories`: the authors' lists)."""
     frames = []
     for split, stream, offset in (("valid", STREAM_VALID, 2), ("test", STREAM_TEST, 1)):
         rng = np.random.default_rng([seed, stream])
-        negatives = sample_negatives(histories, n_items, rng, n_negatives).astype(np.int32)
+        if split == "test" and test_negatives is not None:
+            negatives = test_negatives.astype(np.int32)
+        else:
+            negatives = sample_negatives(histories, n_items, rng, n_negatives).astype(np.int32)
         targets = histories["items"].list.get(-offset).to_numpy().astype(np.int32)
         slots = rng.integers(0, n_negatives + 1, size=len(targets))
         columns = np.arange(n_negatives + 1)[None, :]
@@ -113,12 +126,19 @@ def compute_stats(corpus: Corpus, interactions: pl.DataFrame, data: DataSettings
 def preprocess(data: DataSettings, seed: int, raw_dir: Path, out: DataPaths) -> dict[str, Any]:
     """Run the whole stage; returns the stats it wrote to `out.stats`."""
     corpus = load_corpus(data, raw_dir)
+    authors = None  # data.negatives=authors: the test negatives of negative.txt (validation stays seeded)
+    if data.negatives == "authors":
+        authors = read_authors_negatives(raw_dir / NEGATIVES_FILE, corpus.histories, corpus.n_items, data.n_negatives)
+        source_items = corpus.item_map
     if data.max_users is not None and data.max_users < corpus.n_users:
         corpus = subset_users(corpus, data.max_users)
+    check_negatives(corpus, data.n_negatives)
     if data.id_scheme == "shuffled":
         corpus = shuffle_item_ids(corpus, seed)
     interactions = split_interactions(corpus.histories)
-    candidates = draw_candidates(corpus.histories, corpus.n_items, data.n_negatives, seed)
+    if authors is not None:
+        authors = remap_negatives(authors, source_items, corpus.item_map)  # into the shuffled IDs, if any
+    candidates = draw_candidates(corpus.histories, corpus.n_items, data.n_negatives, seed, authors)
     stats = compute_stats(corpus, interactions, data, seed)
     with atomic_dir(out.root) as tmp:
         staged = DataPaths(tmp)

@@ -14,9 +14,9 @@ IDs are dense integers from 1: users 1..U, items 1..I (0 is never an ID; graph n
 
 from __future__ import annotations
 
-import polars as pl
+from pathlib import Path
 
-SPLITS = ("train", "valid", "test")
+import polars as pl
 
 INTERACTIONS = pl.Schema({"user": pl.Int32, "item": pl.Int32, "position": pl.Int32, "split": pl.String})
 HISTORIES = pl.Schema({"user": pl.Int32, "items": pl.List(pl.Int32)})
@@ -35,7 +35,7 @@ def conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     return frame.select([pl.col(name).cast(dtype, strict=True) for name, dtype in schema.items()])
 
 
-def read(path, schema: pl.Schema) -> pl.DataFrame:
+def read(path: Path, schema: pl.Schema) -> pl.DataFrame:
     """Read a Parquet file written by the preprocess stage and check it has `schema`."""
     frame = pl.read_parquet(path)
     if frame.schema != schema:

@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
+from elmrec.app.processes import Proc, ServiceError, end, log_to, spawn, tail, wait_for
 from elmrec.config import settings_for
 from elmrec.paths import atomic_path, locked
-from elmrec.processes import Proc, ServiceError, end, log_to, spawn, tail, wait_for
 
 POOL = "elmrec-local"  # the work pool prefect.yaml's deployments name; the worker creates it (type process)
 WORKER_NAME = "elmrec-local-worker"
@@ -82,8 +82,9 @@ class ServePaths:
 
 
 def default_checkout() -> Path:
-    """The project folder holding prefect.yaml: this package's parent (editable install) or the current folder."""
-    for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
+    """The project folder holding prefect.yaml, flows/ and tasks/: the checkout this package is installed from
+    (editable install) or the current folder."""
+    for candidate in (Path(__file__).resolve().parents[2], Path.cwd()):
         if (candidate / "prefect.yaml").is_file():
             return candidate
     raise ServiceError("no prefect.yaml found; run from the elmrec checkout or pass --checkout DIR")
@@ -269,7 +270,7 @@ def mlflow_ui(tracking_uri: str, workdir: Path, port: int) -> NoReturn:
     os.execve(sys.executable, command, env)
 
 
-# ---- the command line: `elmrec serve | stop | ui` (elmrec/cli.py adds these parsers and dispatches here) ----
+# ---- the command line: `elmrec serve | stop | ui` (elmrec/app/cli.py adds these parsers and dispatches here) ----
 
 COMMANDS = ("serve", "stop", "ui")
 

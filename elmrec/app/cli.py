@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from elmrec import serve
-from elmrec.config import PRESETS, VARIANTS, Stage, deep_merge, settings_for
+from elmrec.app import serve
+from elmrec.config import PRESETS, VARIANTS, Stage, deep_merge, settings_for, variant_settings
+from elmrec.paths import NotWritableError, WorkPaths, ensure_writable
 from elmrec.stages import missing_upstream
 
 EPILOG = """\
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_options(one)
     one.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), help="models to train and evaluate")
     one.add_argument("--cached", action="store_true", help="skip the stage if its inputs and settings are unchanged")
+    for command in (run, one):
+        command.add_argument("--fresh", action="store_true",
+                             help="train from scratch instead of continuing an interrupted training")
+        command.add_argument("--allow-unfinished", action="store_true",
+                             help="evaluate a training that has not finished (its best model so far)")
     serve.add_commands(commands)  # serve | stop | ui: local Prefect server + worker, MLflow UI
     return parser
 
@@ -103,26 +109,46 @@ def main(argv: list[str] | None = None) -> int:
     overrides = overrides_from(args)
     try:
         settings = settings_for(args.preset, overrides)
-    except ValidationError as error:
+        runs = [variant_settings(settings, name) for name in args.variants or ["elmrec"]]
+    except (ValidationError, ValueError) as error:
         print(f"elmrec: invalid settings:\n{error}", file=sys.stderr)
+        return 2
+    try:
+        ensure_writable(settings.workdir)  # at once, not minutes later through MLflow's retries
+    except NotWritableError as error:
+        print(f"elmrec: {error}", file=sys.stderr)
         return 2
     if args.command == "task":
         stages, force = [Stage(args.stage)], [] if args.cached else [Stage(args.stage)]
+        for variant in runs:
+            missing = missing_upstream(variant, args.stage)
+            attempt = WorkPaths.from_settings(variant).run(variant).attempt.checkpoint
+            if missing and missing[1] == "train" and args.allow_unfinished and attempt.is_dir():
+                missing = None  # the unfinished training's best model so far will do
+            if missing:
+                path, producer = missing
+                print(f"elmrec: {path} is missing; run `elmrec task {producer}` first (same options)",
+                      file=sys.stderr)
+                return 2
     else:
         stages, force = [Stage(s) for s in args.stages or []] or None, [Stage(s) for s in args.force]
-    if args.command == "task":
-        missing = missing_upstream(settings, args.stage)
-        if missing:
-            path, producer = missing
-            print(f"elmrec: {path} is missing; run `elmrec task {producer}` first (same options)", file=sys.stderr)
-            return 2
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "elmrec")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library logs outside a run
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.elmrec import elmrec  # Prefect is imported only when a flow actually runs
-
-    elmrec(preset=args.preset, overrides=overrides, variants=args.variants, stages=stages, force=force)
+    flow = load_flow()  # Prefect is imported only when a flow actually runs
+    flow(preset=args.preset, overrides=overrides, variants=args.variants, stages=stages, force=force,
+         fresh=args.fresh, allow_unfinished=args.allow_unfinished)
     return 0
+
+
+def load_flow() -> Any:
+    """The `elmrec` flow of this checkout (flows/ and tasks/ are folders of the checkout, not installed)."""
+    checkout = str(serve.default_checkout())
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
+    from flows.elmrec import elmrec
+
+    return elmrec
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
-"""Training throughput of the full t5-small ELMRec (random init) on real Beauty prompts, per task.
+"""Training throughput of the full t5-small ELMRec (random init) on real Beauty prompts, against stock T5, per task.
 
     python benchmarks/train_throughput.py [--mirror ../shared/data] [--model-mirror ../shared] [--steps 3]
     python benchmarks/train_throughput.py --preset demo --steps 1   # the demo preset's reduced T5: a smoke run
 
 Builds the full Beauty data through the pipeline's own stages (download from the mirror, preprocess, graph),
 then one training epoch's prompts exactly as the trainer does (`elmrec.train.epoch_prompts`, `ELMRec.encode`,
-bucketed batches), and times `elmrec.train.train_step` (forward, backward, fused AdamW step) on the first
-batches after warm-up. Reports s/step, samples/s, the tokenizer time per batch that the trainer spends once per
-epoch (the paper's code spends it inside every step), peak memory, and the speed-up over the paper's code on
-this 2-core machine: 2.1 s/step (sequential) and 15.7 s/step (direct) at batch 16. CPU always; on CUDA also
-fp32 against bf16 autocast. Timings on a shared machine vary with its load: the load average is printed.
-Busy cores hurt twice with several OpenMP threads (each parallel region waits for the slowest thread):
-compare `--threads 1`, or run with OMP_WAIT_POLICY=PASSIVE.
+bucketed batches). On each batch it times, in turn, `elmrec.train.train_step` (ELMRec: soft prompts, whole-word
+embeddings, LightGCN, T5; forward, backward, fused AdamW step) and the same step of a stock Hugging Face
+`T5ForConditionalGeneration` of the same shape and precision (same input_ids, attention mask and labels; fused
+AdamW with the same settings). The two alternate batch by batch (which goes first alternates too), so a change
+of the machine's load hits both alike; the figure of merit is their ratio, measured in this run: ours / stock
+(1.00 = no overhead over plain T5; the soft prompts add 3 encoder tokens). The LightGCN share is one forward +
+backward of the propagation over the full graph (timed alone) over our direct step.
+Reports s/step, samples/s, the tokenizer time per batch that the trainer spends once per epoch, peak memory
+(CUDA: allocated by the step; CPU: the process's resident peak during the step, both models loaded).
+CPU always (`--cpu-bf16` adds bf16 autocast); on CUDA also fp32 against bf16 autocast. Timings on a shared
+machine vary with its load: the load average is printed. Busy cores hurt twice with several OpenMP threads
+(each parallel region waits for the slowest thread): run with OMP_WAIT_POLICY=PASSIVE, or compare `--threads 1`.
 """
 
 from __future__ import annotations
@@ -23,30 +28,30 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from elmrec.config import Task, settings_for
+from elmrec.config import Settings, Task, settings_for
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.device import Device
-from elmrec.graph import build_graph, propagate
+from elmrec.graph import build_graph
+from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
-from elmrec.pretrained import load_tokenizer
+from elmrec.pretrained import load_t5, load_tokenizer
+from elmrec.propagation import propagate
 from elmrec.train import TrainData, build_model, epoch_prompts, make_optimizer, train_step
-from elmrec.wholeword import bucketed_batches, collate
+from elmrec.wholeword import IGNORE_INDEX, Encoded, bucketed_batches, collate
 
-PAPER_S_PER_STEP = {Task.SEQUENTIAL: 2.1, Task.DIRECT: 15.7}  # the authors' code, t5-small, batch 16, 2 CPU cores
 ENCODE_PROMPTS = 2000  # prompts per task encoded for the benchmark (the tokenizer cost is per prompt)
-
-
-def comparable(args: argparse.Namespace) -> bool:
-    """The authors' figures are for full t5-small at batch 16."""
-    return args.preset == "paper" and args.batch_size == 16
+StepFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # one optimizer step on one batch -> detached loss
 
 
 def reset_peak_rss() -> None:
@@ -67,48 +72,85 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def prepare(args: argparse.Namespace) -> tuple:
-    overrides = {"workdir": str(args.workdir), "data": {"dataset": "beauty", "mirror": args.mirror},
-                 "model": {"model_mirror": args.model_mirror}, "train": {"batch_size": args.batch_size}}
-    settings = settings_for(args.preset, overrides)
+def prepare_data(settings: Settings) -> WorkPaths:
+    """Run download, preprocess and graph unless their outputs exist (a benchmark's own work dir)."""
     paths = WorkPaths.from_settings(settings)
     if not paths.graph.adjacency.is_file():
         download(settings.data, paths.raw, settings.resolved_mirror())
         preprocess(settings.data, settings.seed, paths.raw, paths.data)
         build_graph(paths.data, paths.graph, settings.data.graph_edges)
-    return settings, TrainData.load(paths)
+    return paths
 
 
-def time_task(model, optimizer, tokenizer, data, settings, task: Task, device: Device, args) -> dict:
+def sample_batches(model: ELMRec, tokenizer: PreTrainedTokenizerBase, data: TrainData, settings: Settings,
+                   task: Task, batch_size: int, n_batches: int) -> tuple[Encoded, list[np.ndarray], float]:
+    """(encoded prompts, the first `n_batches` bucketed batches, tokenizer seconds per batch) of one epoch's
+    prompts of `task`, a seeded sample of at most max(ENCODE_PROMPTS, batch_size * n_batches) prompts."""
     prompts = epoch_prompts(task, data, settings, epoch=1)
     rng = np.random.default_rng(0)
-    prompts = [prompts[i] for i in rng.choice(len(prompts), min(ENCODE_PROMPTS, len(prompts)), replace=False)]
+    wanted = min(max(ENCODE_PROMPTS, batch_size * n_batches), len(prompts))
+    prompts = [prompts[i] for i in rng.choice(len(prompts), wanted, replace=False)]
     start = time.perf_counter()
     encoded = model.encode(tokenizer, prompts, task)
-    encode_s = (time.perf_counter() - start) / len(prompts) * args.batch_size  # tokenizer seconds per batch
-    batches = bucketed_batches(encoded.lengths, args.batch_size, rng)[: args.warmup + args.steps]
-    reset_peak_rss()
-    if device.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    seconds, cpu_seconds = [], []
+    encode_s = (time.perf_counter() - start) / len(prompts) * batch_size
+    return encoded, bucketed_batches(encoded.lengths, batch_size, rng)[:n_batches], encode_s
+
+
+def stock_model(settings: Settings, device: Device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """A stock T5ForConditionalGeneration of the same shape (same seed), with ELMRec's optimizer settings."""
+    torch.manual_seed(settings.seed)
+    t5, _ = load_t5(settings.model)
+    t5 = t5.to(device.device).train()
+    return t5, make_optimizer(t5, settings)
+
+
+def stock_step(t5: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], device: Device,
+               micro_batch_size: int | None = None) -> torch.Tensor:
+    """`train_step` for stock T5: same slices and token weights, plain input_ids (no ww ids, no soft prompts)."""
+    optimizer.zero_grad(set_to_none=True)
+    size = len(batch["input_ids"])
+    step = micro_batch_size or size
+    tokens = (batch["labels"] != IGNORE_INDEX).sum()
+    total = torch.zeros((), device=device.device)
+    for begin in range(0, size, step):
+        part = {name: tensor[begin:begin + step] for name, tensor in batch.items()}
+        with device.autocast():
+            loss = t5(input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"]).loss
+        weight = (part["labels"] != IGNORE_INDEX).sum() / tokens
+        (loss * weight).backward()
+        total += loss.detach() * weight
+    optimizer.step()
+    return total
+
+
+def time_steps(steps: dict[str, StepFn], encoded: Encoded, batches: list[np.ndarray], device: Device, warmup: int,
+               deadline: float = float("inf")) -> dict[str, dict[str, float | list[float]]]:
+    """Per step function: its timed seconds per batch (after `warmup` batches) and its peak memory (MiB).
+
+    The functions take turns on each batch, the first one rotating, so load changes hit all alike. Stops early,
+    after at least one timed batch, once `deadline` (time.perf_counter) has passed."""
+    cuda = device.device.type == "cuda"
+    out: dict[str, dict] = {name: {"seconds": [], "peak_mib": 0.0} for name in steps}
+    names = list(steps)
     for i, rows in enumerate(batches):
         batch = device.put(collate(encoded, rows))
-        start, cpu_start = time.perf_counter(), time.process_time()
-        train_step(model, optimizer, batch, task, device, args.micro_batch).item()  # .item(): wait for the device
-        if i >= args.warmup:
-            seconds.append(time.perf_counter() - start)
-            cpu_seconds.append(time.process_time() - cpu_start)
-    step = float(np.mean(seconds))
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.device.type == "cuda" else peak_rss_mib()
-    tokens = float(np.mean([encoded.lengths[rows].max() for rows in batches]))
-    return {"task": task.value, "device": device.describe(), "s_per_step": step,
-            "samples_per_s": args.batch_size / step, "min_s": min(seconds), "max_s": max(seconds),
-            "cores_busy": float(np.sum(cpu_seconds) / np.sum(seconds)), "padded_length": tokens,
-            "encode_s_per_batch": encode_s, "peak_mib": peak,
-            "speedup_vs_paper": PAPER_S_PER_STEP[task] / step if comparable(args) else None}
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            reset_peak_rss()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            steps[name](batch).item()  # .item(): wait for the device
+            seconds = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+            out[name]["peak_mib"] = max(out[name]["peak_mib"], peak)
+            if i >= warmup:
+                out[name]["seconds"].append(seconds)
+        if i >= warmup and time.perf_counter() > deadline:
+            break
+    return out
 
 
-def time_propagation(model, device: Device, repeats: int = 3) -> float:
+def time_propagation(model: ELMRec, device: Device, repeats: int = 3) -> float:
     """Seconds of one LightGCN forward + backward over the full graph (part of every direct step)."""
     table = model.node_table.weight
     seconds = []
@@ -122,23 +164,98 @@ def time_propagation(model, device: Device, repeats: int = 3) -> float:
     return float(np.median(seconds))
 
 
-def print_row(row: dict, device: Device) -> None:
-    ratio = f"{row['speedup_vs_paper']:.2f}x" if row["speedup_vs_paper"] else "n/a"
+# Dense peaks (TFLOP/s) from NVIDIA's datasheets: bf16 tensor cores, TF32 tensor cores, fp32 CUDA cores. The first
+# name fragment found in torch.cuda.get_device_name() wins (the PCIe and NVL H100s before the SXM one).
+PEAKS = (("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+         ("H100 NVL", {"bf16": 835.5, "tf32": 417.5, "fp32": 60.0}),
+         ("H100", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+         ("H200", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}))
+
+
+def mfu_peak(device: Device) -> tuple[float | None, str]:
+    """(peak TFLOP/s, which) the MFU of `device` is measured against: bf16 for bf16 autocast; for fp32 the
+    CUDA-core peak, or TF32 when torch's float32 matmul precision lets matrix products use it."""
+    if device.device.type != "cuda":
+        return None, "no peak known for this device"
+    name = torch.cuda.get_device_name(device.device)
+    kind = "bf16" if device.amp_dtype is not None else (
+        "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32")
+    for fragment, peaks in PEAKS:
+        if fragment in name:
+            return peaks[kind], f"{fragment} dense {kind}: {peaks[kind]} TFLOP/s"
+    return None, f"no peak known for {name}"
+
+
+def t5_train_flops(config: Any, batch: int, enc_len: int, dec_len: int) -> float:
+    """FLOPs of one training step (forward + backward = 3 forwards) of T5 on a padded batch (B, enc_len) ->
+    (B, dec_len): every matrix product (2 FLOPs per multiply-add), attention scores and weighted sums included,
+    embedding look-ups and element-wise work not. Per layer and token: q, k, v, o projections 4 d h (h = heads x
+    d_kv), feed-forward 2 d f (3 d f gated); attention 2 L h per query; decoder cross-attention: q, o on decoder
+    tokens, k, v on encoder tokens; the LM head d V per decoder token."""
+    d, h, f = config.d_model, config.num_heads * config.d_kv, config.d_ff
+    ffn = (3 if getattr(config, "is_gated_act", False) else 2) * d * f
+    enc, dec = batch * enc_len, batch * dec_len  # tokens
+    encoder = enc * (4 * d * h + ffn) + 2 * batch * enc_len * enc_len * h
+    decoder = (dec * (6 * d * h + ffn) + enc * 2 * d * h
+               + 2 * batch * dec_len * (dec_len + enc_len) * h)
+    forward = config.num_layers * encoder + config.num_decoder_layers * decoder + dec * d * config.vocab_size
+    return 3 * 2 * float(forward)
+
+
+def batch_shapes(encoded: Encoded, batches: list[np.ndarray], prompt_num: int) -> list[tuple[int, int, int]]:
+    """(B, encoder tokens incl. the soft prompts, decoder tokens) of each padded batch."""
+    label_lengths = np.diff(encoded.label_offsets)
+    return [(len(rows), int(encoded.lengths[rows].max()) + prompt_num, int(label_lengths[rows].max()))
+            for rows in batches]
+
+
+def summary(seconds: list[float], batch_size: int) -> dict[str, float]:
+    step = float(np.mean(seconds))
+    return {"s_per_step": step, "min_s": min(seconds), "max_s": max(seconds), "samples_per_s": batch_size / step}
+
+
+def time_task(model: ELMRec, optimizer: torch.optim.Optimizer, stock: tuple[torch.nn.Module, torch.optim.Optimizer],
+              tokenizer: PreTrainedTokenizerBase, data: TrainData, settings: Settings, task: Task, device: Device,
+              args: argparse.Namespace, propagation_s: float) -> dict[str, Any]:
+    encoded, batches, encode_s = sample_batches(model, tokenizer, data, settings, task, args.batch_size,
+                                                args.warmup + args.steps)
+    steps = {"elmrec": lambda b: train_step(model, optimizer, b, task, device, args.micro_batch),
+             "stock": lambda b: stock_step(*stock, b, device, args.micro_batch)}
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    timed = time_steps(steps, encoded, batches, device, args.warmup)
+    cores = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
+    ours, plain = summary(timed["elmrec"]["seconds"], args.batch_size), summary(timed["stock"]["seconds"], 1)
+    slices = -(-args.batch_size // (args.micro_batch or args.batch_size))  # LightGCN runs once per slice
+    lightgcn = propagation_s * slices if task is Task.DIRECT else 0.0
+    shapes = batch_shapes(encoded, batches[args.warmup:], model.settings.prompt_num)
+    flops = float(np.mean([t5_train_flops(model.t5.config, *shape) for shape in shapes]))
+    return {"task": task.value, "device": device.describe(), **ours, "peak_mib": timed["elmrec"]["peak_mib"],
+            "stock_s_per_step": plain["s_per_step"], "stock_min_s": plain["min_s"], "stock_max_s": plain["max_s"],
+            "stock_peak_mib": timed["stock"]["peak_mib"], "ratio_vs_stock": ours["s_per_step"] / plain["s_per_step"],
+            "propagation_s": lightgcn, "lightgcn_share": lightgcn / ours["s_per_step"], "cores_busy": cores,
+            "padded_length": float(np.mean([encoded.lengths[rows].max() for rows in batches])),
+            "encode_s_per_batch": encode_s, "timed_steps": len(timed["elmrec"]["seconds"]),
+            "tflop_per_step": flops / 1e12, "achieved_tflops": flops / 1e12 / ours["s_per_step"]}
+
+
+def print_row(row: dict[str, Any], device: Device) -> None:
     memory = "GPU allocated" if device.device.type == "cuda" else "RSS"
-    print(f"  {row['task']:<10} {row['s_per_step']:7.3f} s/step ({row['min_s']:.3f}-{row['max_s']:.3f})  "
-          f"{row['samples_per_s']:6.2f} samples/s  {row['cores_busy']:.1f} cores busy  "
-          f"padded length {row['padded_length']:3.0f}  tokenizer {row['encode_s_per_batch']:.3f} s/batch (once per "
-          f"epoch)  vs paper {PAPER_S_PER_STEP[Task(row['task'])]} s/step: {ratio}  peak {row['peak_mib']:.0f} MiB "
-          f"{memory}", flush=True)
+    print(f"  {row['task']:<10} ours {row['s_per_step']:7.3f} s/step ({row['min_s']:.3f}-{row['max_s']:.3f}), "
+          f"stock T5 {row['stock_s_per_step']:7.3f} s/step ({row['stock_min_s']:.3f}-{row['stock_max_s']:.3f}): "
+          f"ours/stock {row['ratio_vs_stock']:.2f}x; LightGCN {100 * row['lightgcn_share']:.0f}% of ours;  "
+          f"{row['samples_per_s']:6.2f} samples/s  {1e3 * row['achieved_tflops']:.0f} GFLOP/s  "
+          f"{row['cores_busy']:.1f} cores busy  padded length "
+          f"{row['padded_length']:3.0f}  tokenizer {row['encode_s_per_batch']:.3f} s/batch (once per epoch)  "
+          f"peak {row['peak_mib']:.0f} MiB {memory} (stock {row['stock_peak_mib']:.0f})", flush=True)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mirror", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--model-mirror", default=str(Path(__file__).resolve().parents[2] / "shared"))
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "elmrec-bench-train")
     parser.add_argument("--preset", default="paper", choices=["paper", "mini", "demo"],
-                        help="settings (model shape, data subset) to time; the paper comparison needs paper")
+                        help="settings (model shape, data subset) to time")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--micro-batch", type=int, help="train.micro_batch_size: slices of this many prompts")
     parser.add_argument("--warmup", type=int, default=1)
@@ -147,45 +264,50 @@ def main() -> None:
     parser.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on the CPU")
     parser.add_argument("--skip-cpu", action="store_true", help="only CUDA (when present)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings, data = prepare(args)
+    settings = settings_for(args.preset, {
+        "workdir": str(args.workdir), "data": {"dataset": "beauty", "mirror": args.mirror},
+        "model": {"model_mirror": args.model_mirror, "allow_random_init": True},  # throughput only
+        "train": {"batch_size": args.batch_size}})  # fmt: skip
+    data = TrainData.load(prepare_data(settings))
     tokenizer = load_tokenizer(settings.model)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), load average {os.getloadavg()[0]:.2f}; "
           f"Beauty {data.n_users} users, {data.n_items} items; batch {args.batch_size} "
           f"(micro-batches of {args.micro_batch or args.batch_size}), "
-          f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)
+          f"{args.warmup} warm-up + {args.steps} timed steps, ours and stock T5 alternating", flush=True)
     devices = [] if args.skip_cpu else [Device(torch.device("cpu"), None)]
     if args.cpu_bf16:
         devices.append(Device(torch.device("cpu"), torch.bfloat16))
     if torch.cuda.is_available():
         devices += [Device(torch.device("cuda"), None), Device(torch.device("cuda"), torch.bfloat16)]
     if not devices:
-        parser.error("--skip-cpu leaves nothing to time: CUDA is not available here")
+        raise SystemExit("--skip-cpu leaves nothing to time: CUDA is not available here")
     rows = []
     for device in devices:
         model, pretrained = build_model(settings, data, device)
-        optimizer = make_optimizer(model, settings)
+        optimizer, stock = make_optimizer(model, settings), stock_model(settings, device)
         prop = time_propagation(model, device)
         shape = settings.model.model_name + (" (reduced)" if settings.model.reduced else "")
         print(f"{device.describe()}: {shape} {'pretrained' if pretrained else 'random init'}, "
-              f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters (stock T5 "
+              f"{sum(p.numel() for p in stock[0].parameters()) / 1e6:.1f}M); "
               f"LightGCN fwd+bwd over {model.n_nodes} nodes: {prop:.3f} s", flush=True)
         pair = []
         for task in (Task.SEQUENTIAL, Task.DIRECT):
-            row = time_task(model, optimizer, tokenizer, data, settings, task, device, args)
-            row["propagation_s"] = prop if task is Task.DIRECT else 0.0
-            rows.append(row)
-            pair.append(row["s_per_step"])
-            print_row(row, device)
-        # Training alternates one batch of each task: samples/s of the mix, against the paper's 32 / (2.1 + 15.7)
-        mix, paper_mix = 2 * args.batch_size / sum(pair), 32 / sum(PAPER_S_PER_STEP.values())
-        ratio = f"{mix / paper_mix:.2f}x" if comparable(args) else "n/a"
-        print(f"  alternating  {mix:.2f} samples/s; the paper's code {paper_mix:.2f} samples/s: {ratio}", flush=True)
-        del model, optimizer
+            rows.append(time_task(model, optimizer, stock, tokenizer, data, settings, task, device, args, prop))
+            pair.append((rows[-1]["s_per_step"], rows[-1]["stock_s_per_step"]))
+            print_row(rows[-1], device)
+        ours, plain = (sum(p[k] for p in pair) for k in (0, 1))  # training alternates one batch of each task
+        print(f"  alternating  ours {2 * args.batch_size / ours:.2f} samples/s, stock T5 "
+              f"{2 * args.batch_size / plain:.2f} samples/s: ours/stock time {ours / plain:.2f}x", flush=True)
+        del model, optimizer, stock
         if device.device.type == "cuda":
             torch.cuda.empty_cache()
     print(f"load average at the end {os.getloadavg()[0]:.2f}")

@@ -36,3 +36,23 @@ class Device:
 
     def describe(self) -> str:
         return f"{self.device.type} ({'fp32' if self.amp_dtype is None else 'bf16 autocast'})"
+
+
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 /proc/cpuinfo flags; "bf16": Arm Features
+
+
+def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU does bf16 arithmetic natively, where bf16 autocast pays off (x86: the AVX512-BF16 or
+    AMX-BF16 flag of /proc/cpuinfo; Arm: the BF16 feature). False where it cannot be told (no /proc/cpuinfo).
+    Without these, bf16 autocast on a CPU is emulated and slower than fp32."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+                cpuinfo = file.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and CPU_BF16_FLAGS & set(value.split()):
+            return True
+    return False

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -28,7 +29,7 @@ def run_script(name: str, *args: str) -> str:
 
 
 @pytest.mark.slow
-def test_train_throughput_reports_both_tasks(tmp_path: Path, real_mirror: Path) -> None:
+def test_train_throughput_reports_both_tasks_against_stock_t5(tmp_path: Path, real_mirror: Path) -> None:
     out = run_script("train_throughput.py", "--preset", "demo", "--mirror", str(real_mirror), "--model-mirror",
                      str(T5_SMALL.parent), "--workdir", str(tmp_path), "--batch-size", "4", "--warmup", "0",
                      "--steps", "2", "--json", str(tmp_path / "figures.json"))
@@ -36,12 +37,59 @@ def test_train_throughput_reports_both_tasks(tmp_path: Path, real_mirror: Path) 
     assert [(r["task"], r["device"]) for r in rows] == [("sequential", "cpu (fp32)"), ("direct", "cpu (fp32)")]
     for row in rows:
         assert row["min_s"] <= row["s_per_step"] <= row["max_s"] and row["peak_mib"] > 0
+        assert row["stock_min_s"] <= row["stock_s_per_step"] <= row["stock_max_s"] and row["stock_peak_mib"] > 0
         assert row["samples_per_s"] == pytest.approx(4 / row["s_per_step"])
-        assert row["speedup_vs_paper"] is None  # the authors' figures are for full t5-small at batch 16
+        assert row["ratio_vs_stock"] == pytest.approx(row["s_per_step"] / row["stock_s_per_step"])
+        assert row["timed_steps"] == 2 and row["tflop_per_step"] > 0
+        assert "speedup_vs_paper" not in row  # no division by figures measured elsewhere
     sequential, direct = rows
     assert direct["padded_length"] > 300 > 50 > sequential["padded_length"]  # 100 candidates vs 20 history items
-    assert direct["propagation_s"] > 0 == sequential["propagation_s"]
-    assert "alternating" in out and "t5-small (reduced) random init" in out
+    assert direct["propagation_s"] > 0 == sequential["propagation_s"] == sequential["lightgcn_share"]
+    assert direct["lightgcn_share"] == pytest.approx(direct["propagation_s"] / direct["s_per_step"])
+    assert "alternating" in out and "ours/stock" in out and "t5-small (reduced) random init" in out
+
+
+def test_t5_flop_count_matches_a_hand_count() -> None:
+    """One encoder and one decoder layer, d = h = 2, d_ff = 4, vocabulary 10, batch 1, 3 encoder / 2 decoder
+    tokens. Multiply-adds: encoder 3 x (4*2*2 + 2*2*4) + 2*3*3*2 = 132; decoder 2 x (6*2*2 + 2*2*4) + 3 x 2*2*2
+    + 2*2*(2+3)*2 = 144; LM head 2 x 2*10 = 40. Training FLOPs: 3 x 2 x 316."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from train_throughput import t5_train_flops
+
+    config = SimpleNamespace(d_model=2, num_heads=1, d_kv=2, d_ff=4, vocab_size=10, num_layers=1,
+                             num_decoder_layers=1, is_gated_act=False)
+    assert t5_train_flops(config, 1, 3, 2) == 6 * 316
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_writes_every_section(tmp_path: Path, real_mirror: Path) -> None:
+    report_path = tmp_path / "gpu_check.json"
+    run_script("gpu_check.py", "--smoke", "--mirror", str(real_mirror), "--model-mirror", str(T5_SMALL.parent),
+               "--workdir", str(tmp_path / "work"), "--json", str(report_path))
+    report = json.loads(report_path.read_text())
+    assert report["meta"]["smoke"] is True and set(report["meta"]["budgets_s"]) == set(report["sections"])
+    sections = report["sections"]
+    assert list(sections) == ["train_throughput", "eval_throughput", "paper_p5", "paper_shuffled"]
+    failed = {name: s.get("error") for name, s in sections.items() if not s["ok"]}
+    assert not failed, failed
+    rows = sections["train_throughput"]["rows"]
+    assert [(r["task"], r["precision"]) for r in rows] == [
+        ("sequential", "cpu (fp32)"), ("direct", "cpu (fp32)"),
+        ("sequential", "cpu (bf16 autocast)"), ("direct", "cpu (bf16 autocast)")]
+    for row in rows:
+        assert {"samples_per_s", "peak_memory_mib", "tflop_per_step", "achieved_tflops", "mfu", "peak_used"} <= set(row)
+        assert row["mfu"] is None  # no peak is claimed for a CPU
+    assert set(sections["eval_throughput"]["users_per_s"]) == {
+        "direct/score", "direct/beam", "sequential/constrained", "sequential/rerank"}
+    for scheme in ("p5", "shuffled"):
+        paper = sections[f"paper_{scheme}"]
+        assert paper["id_scheme"] == scheme and paper["train"]["epochs"] and paper["train"]["best_epoch"] == 1
+        assert set(paper["metrics"]) == {"sequential", "direct"}
+        assert {"hr@5", "hr@10", "ndcg@10", "n_users"} <= set(paper["metrics"]["direct"]["score"])
+        assert paper["metrics"]["direct"]["score"]["n_users"] == paper["test_users"] == 20
+        assert set(paper["baselines"]) == {"popularity", "random", "id_order"}
+        assert set(report["summary"][scheme]["hr@10"]) >= {"direct/score", "sequential/constrained",
+                                                           "id_order:direct", "popularity:sequential"}
 
 
 @pytest.mark.slow
@@ -53,3 +101,17 @@ def test_eval_throughput_reports_every_mode(tmp_path: Path, real_mirror: Path) -
     assert figures["device"] == "cpu" and figures["users"] == 3
     modes = ["direct/score", "direct/beam", "sequential/constrained", "sequential/rerank"]
     assert sorted(figures["users_per_s"]) == sorted(modes) and all(v > 0 for v in figures["users_per_s"].values())
+
+
+@pytest.mark.slow
+def test_precision_check_smoke_compares_both_precisions(tmp_path: Path, real_mirror: Path) -> None:
+    out = run_script("precision_check.py", "--smoke", "--mirror", str(real_mirror), "--model-mirror",
+                     str(T5_SMALL.parent), "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "p.json"))
+    figures = json.loads((tmp_path / "p.json").read_text())
+    assert set(figures["runs"]) == {"fp32", "bf16"} and isinstance(figures["cpu_supports_bf16"], bool)
+    assert [figures["runs"][p]["device"] for p in ("fp32", "bf16")] == ["cpu (fp32)", "cpu (bf16 autocast)"]
+    names = [row["name"] for row in figures["comparison"]]
+    assert names[0] == "best validation loss"
+    assert {"direct/score hr@10", "sequential/constrained ndcg@5"} <= set(names)
+    assert figures["within_tolerance"] == all(row["within"] for row in figures["comparison"])
+    assert "verdict:" in out

@@ -1,0 +1,134 @@
+"""Should the CPU train with bf16 autocast by default? The `mini` preset trained in fp32 and in bf16, side by side.
+
+    python benchmarks/precision_check.py [--mirror ../shared/data] [--model-mirror ../shared] [--json out.json]
+    python benchmarks/precision_check.py --smoke   # a tiny run (100 users, 1 epoch): shows that the script works
+
+Trains the `mini` preset (Beauty, first 3,000 users, reduced T5, up to 4 epochs) with `elmrec.train.train` on the
+CPU twice, in fp32 and with bf16 autocast (same seed, data, batches and dropout draws; only the precision
+differs), evaluates each best checkpoint with `elmrec.evaluate.evaluate_model` (the preset's 1,000 test users),
+and prints both best validation losses, every test metric, their relative differences and the training speed.
+
+The rule (issue 11): bf16 becomes the CPU default, on CPUs that do bf16 natively (`elmrec.device.
+cpu_supports_bf16`: the avx512_bf16 / amx_bf16 flags of /proc/cpuinfo, Arm's bf16 feature), only if the best
+validation loss and every HR/NDCG of bf16 end within 1% (relative) of fp32's. The standard error of each HR over
+the test users is printed beside it: on 1,000 users a 1% relative gap is well inside the sampling noise, so a
+failed verdict on the metrics alone says "not shown equal", not "worse". Takes about 2 x 25 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train_throughput import prepare_data  # benchmarks/train_throughput.py
+
+from elmrec.config import Settings, settings_for
+from elmrec.device import cpu_supports_bf16
+from elmrec.evaluate import evaluate_model
+from elmrec.train import train
+
+TOLERANCE = 0.01  # relative: bf16 must end within 1% of fp32
+COMPARED = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
+SMOKE = {"data": {"max_users": 100}, "train": {"max_epochs": 1, "valid_users": 10, "batch_size": 16},
+         "eval": {"max_users": 10}}
+
+
+def settings_of(args: argparse.Namespace, precision: str) -> Settings:
+    overrides: dict[str, Any] = {
+        "workdir": str(args.workdir), "data": {"dataset": "beauty", "mirror": args.mirror},
+        "model": {"model_mirror": args.model_mirror}, "train": {"device": "cpu", "precision": precision}}  # fmt: skip
+    if args.smoke:
+        for key, values in SMOKE.items():
+            overrides[key] = {**overrides.get(key, {}), **values}
+    return settings_for("mini", overrides)
+
+
+def run(args: argparse.Namespace, precision: str) -> dict[str, Any]:
+    """Train (a fresh attempt) and evaluate one precision: best validation loss, per-epoch losses, metrics."""
+    settings = settings_of(args, precision)
+    paths = prepare_data(settings)
+    start = time.perf_counter()
+    result = train(settings, paths)
+    train_s = time.perf_counter() - start
+    metrics = evaluate_model(settings, paths, progress=False)
+    samples = sum(r.samples for r in result.history)
+    return {"precision": precision, "device": result.device, "best_epoch": result.best_epoch,
+            "best_valid_loss": result.best_valid_loss, "valid_losses": [r.valid_loss for r in result.history],
+            "train_seconds": train_s, "samples_per_s": samples / sum(r.seconds for r in result.history),
+            "metrics": metrics}
+
+
+def relative(a: float, b: float) -> float:
+    """|b - a| / |a|; 0 when both are 0, inf when only a is."""
+    if a == b:
+        return 0.0
+    return abs(b - a) / abs(a) if a else math.inf
+
+
+def compare(fp32: dict[str, Any], bf16: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """One row per compared figure (validation loss, then task/decoder/metric) and whether all are within."""
+    rows = [{"name": "best validation loss", "fp32": fp32["best_valid_loss"], "bf16": bf16["best_valid_loss"],
+             "stderr": None}]
+    for task, by_decoder in fp32["metrics"].items():
+        for decoder, values in by_decoder.items():
+            n = values["n_users"]
+            for metric in COMPARED:
+                p = values[metric]
+                stderr = math.sqrt(p * (1 - p) / n) if metric.startswith("hr") and n else None
+                rows.append({"name": f"{task}/{decoder} {metric}", "fp32": p,
+                             "bf16": bf16["metrics"][task][decoder][metric], "stderr": stderr})
+    for row in rows:
+        row["relative"] = relative(row["fp32"], row["bf16"])
+        row["within"] = row["relative"] <= TOLERANCE
+    return rows, all(row["within"] for row in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    shared = Path(__file__).resolve().parents[2] / "shared"
+    parser.add_argument("--mirror", default=str(shared / "data"))
+    parser.add_argument("--model-mirror", default=str(shared))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "elmrec-precision-check")
+    parser.add_argument("--smoke", action="store_true", help="100 users, 1 epoch: only shows the script works")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    native = cpu_supports_bf16()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}; "
+          f"CPU does bf16 natively: {native}", flush=True)
+    runs = {precision: run(args, precision) for precision in ("fp32", "bf16")}
+    rows, within = compare(runs["fp32"], runs["bf16"])
+    for precision, figures in runs.items():
+        print(f"{precision}: best epoch {figures['best_epoch']}, validation losses "
+              f"{', '.join(f'{v:.4f}' for v in figures['valid_losses'])}; {figures['samples_per_s']:.1f} samples/s "
+              f"({figures['train_seconds']:.0f} s of training)")
+    print(f"{'':32} {'fp32':>9} {'bf16':>9} {'relative':>9}  HR std. error")
+    for row in rows:
+        stderr = f"{row['stderr']:.4f}" if row["stderr"] is not None else ""
+        print(f"{row['name']:32} {row['fp32']:9.4f} {row['bf16']:9.4f} {100 * row['relative']:8.2f}%  {stderr}"
+              f"{'' if row['within'] else '  > 1%'}")
+    speed = runs["bf16"]["samples_per_s"] / runs["fp32"]["samples_per_s"]
+    verdict = ("bf16 may become the CPU default where cpu_supports_bf16()" if within and native else
+               "keep fp32 as the CPU default: " + ("this CPU has no native bf16" if within else
+                                                   "bf16 does not end within 1% of fp32 on every figure"))
+    print(f"bf16 / fp32 training speed: {speed:.2f}x; load average at the end {os.getloadavg()[0]:.2f}")
+    print(f"verdict: {verdict}")
+    if args.json:
+        args.json.write_text(json.dumps({"cpu_supports_bf16": native, "runs": runs, "comparison": rows,
+                                         "within_tolerance": within, "speed_ratio": speed, "verdict": verdict},
+                                        indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,7 @@ import importlib.util
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 
@@ -132,14 +133,10 @@ def fingerprint(settings: Settings, stage: str) -> str:
 
 
 def recorded(settings: Settings, stage: str) -> str | None:
-    """The fingerprint the stage's stored output was built from; None when there is no complete output."""
-    record = output_folder(settings, stage) / RECORD
-    if not outputs_exist(settings, stage) or not record.is_file():
-        return None
-    try:
-        return str(json.loads(record.read_text())["fingerprint"])
-    except (ValueError, KeyError, TypeError):
-        return None  # a damaged record: the stage runs again
+    """The fingerprint the stage's stored output was built from; None when there is no complete output (a
+    damaged record counts as none: the stage runs again)."""
+    record = read_record(settings, stage) if outputs_exist(settings, stage) else None
+    return str(record["fingerprint"]) if record and "fingerprint" in record else None
 
 
 def up_to_date(settings: Settings, stage: str) -> bool:
@@ -150,12 +147,26 @@ def up_to_date(settings: Settings, stage: str) -> bool:
 
 @contextmanager
 def recording(settings: Settings, stage: str) -> Iterator[str]:
-    """Run a stage inside this block; on success its fingerprint (taken before it ran) is recorded."""
-    key = fingerprint(settings, stage)
+    """Run a stage inside this block; on success its fingerprint (taken before it ran) is recorded, with when the
+    stage started and finished (UTC, ISO 8601)."""
+    key, started = fingerprint(settings, stage), now()
     yield key
     folder = output_folder(settings, stage)
     with atomic_path(folder / RECORD) as tmp:
-        tmp.write_text(json.dumps({"stage": stage, "fingerprint": key}) + "\n")
+        tmp.write_text(json.dumps({"stage": stage, "fingerprint": key, "started": started, "finished": now()}) + "\n")
+
+
+def read_record(settings: Settings, stage: str) -> dict[str, str] | None:
+    """The stored output's record ({stage, fingerprint, started, finished}); None when there is none."""
+    record = output_folder(settings, stage) / RECORD
+    try:
+        return dict(json.loads(record.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def file_digest(path: Path) -> str:

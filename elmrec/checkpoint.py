@@ -174,20 +174,6 @@ def promote(run: RunPaths) -> None:
     log.info("%s: the finished attempt replaced the run's checkpoint/ and history.json", run.root)
 
 
-def resumable(run: RunPaths, settings: Settings) -> bool:
-    """Whether `run` (usually an attempt) holds a last/ written with these settings."""
-    return (run.last / STATE_FILE).is_file() and read_state(run.last).fingerprint == fingerprint(settings)
-
-
-def finished_state(run: RunPaths, settings: Settings) -> TrainState | None:
-    """The state of the run's finished training when it was trained with these settings, else None."""
-    if not is_finished(run) or not (run.last / STATE_FILE).is_file():
-        return None
-    state = read_state(run.last)
-    done = state.done(settings.train.max_epochs, settings.train.patience)
-    return state if done and state.fingerprint == fingerprint(settings) else None
-
-
 def attempt_state(run: RunPaths, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fresh: TrainState,
                   resume: bool) -> TrainState:
     """With resume, the state of the run's unfinished attempt (loaded into model and optimizer) when it has

@@ -19,8 +19,8 @@ validation loss: since the best one (`early_stopping=consecutive`) or in total (
 A finished model is never destroyed: a training writes checkpoint/, last/ and history.json into the run's
 `attempt/` folder and moves them over the run's own only when it finishes (checkpoint.promote). So
 checkpoint/ + history.json always describe a finished training; a killed retrain leaves them as they were, and
-resume=True continues the attempt (or, with none to continue and the run finished with these settings, returns it
-untrained).
+resume=True continues the attempt (with none to continue, it trains a new one: whether a stored model is still
+current is the stage's question, elmrec.stages.up_to_date, not training's).
 """
 
 from __future__ import annotations
@@ -44,10 +44,8 @@ from elmrec.checkpoint import (
     TrainState,
     attempt_state,
     fingerprint,
-    finished_state,
     is_finished,
     promote,
-    resumable,
     save_last,
 )
 from elmrec.config import Settings, Task
@@ -268,8 +266,8 @@ def write_history(run: RunPaths, state: TrainState, device: Device, settings: Se
 def train(settings: Settings, paths: WorkPaths, resume: bool = False,
           on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
     """Train until early stopping or max_epochs, in the run's attempt/ folder, then promote it over the run's
-    checkpoint/, last/ and history.json. resume=True continues an unfinished attempt with the same settings, and
-    otherwise returns a run already finished with them, untrained; resume=False starts a new attempt (a retrain).
+    checkpoint/, last/ and history.json. resume=True continues an unfinished attempt with the same settings (else
+    starts a new one); resume=False always starts a new attempt (a retrain).
 
     `on_epoch` is called after each newly trained epoch, once its outputs are on disk (in attempt/).
     """
@@ -280,10 +278,6 @@ def train(settings: Settings, paths: WorkPaths, resume: bool = False,
     if is_finished(run.attempt):  # a promotion was interrupted: complete it before anything else
         promote(run)
     device = Device.resolve(cfg.device, cfg.precision)
-    finished = finished_state(run, settings) if resume and not resumable(run.attempt, settings) else None
-    if finished is not None:
-        log.info("%s is already trained with these settings (best epoch %d)", run.root, finished.best_epoch)
-        return _result(finished, device, run, settings)
     data = TrainData.load(paths)
     model, pretrained = build_model(settings, data, device)
     optimizer = make_optimizer(model, settings)

@@ -374,7 +374,7 @@ def test_a_killed_retrain_never_touches_the_finished_model(workdir: Path, tmp_pa
     assert_same_weights(weights(folder.checkpoint), weights(first.run.checkpoint))
     again: list[int] = []
     assert curve(run(settings, resume=True, on_epoch=lambda record: again.append(record.epoch))) == curve(first)
-    assert again == []  # finished with these settings: nothing to train
+    assert again == [1, 2]  # nothing left to continue: a new attempt, the same training again
 
 
 def test_evaluation_refuses_an_unfinished_training_unless_asked(workdir: Path) -> None:

@@ -41,10 +41,13 @@ MODEL_SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
     "elmrec": {"train": ("elmrec.train", "elmrec.model", "elmrec.prompts", "elmrec.wholeword", "elmrec.propagation"),
                "evaluate": ("elmrec.evaluate", "elmrec.decode", "elmrec.likelihood", "elmrec.trie", "elmrec.metrics",
                             "elmrec.model", "elmrec.prompts", "elmrec.wholeword")},
-    "sasrec": {"train": ("elmrec.classic", "elmrec.sasrec"),
-               "evaluate": ("elmrec.classic", "elmrec.sasrec", "elmrec.evaluate", "elmrec.metrics")},
-    "lightgcn": {"train": ("elmrec.classic", "elmrec.lightgcn", "elmrec.propagation"),
-                 "evaluate": ("elmrec.classic", "elmrec.lightgcn", "elmrec.evaluate", "elmrec.metrics")},
+    "sasrec": {"train": ("elmrec.classic", "elmrec.classic_batches", "elmrec.classic_checkpoint", "elmrec.sasrec"),
+               "evaluate": ("elmrec.classic", "elmrec.classic_eval", "elmrec.classic_batches", "elmrec.sasrec",
+                            "elmrec.evaluate", "elmrec.metrics")},
+    "lightgcn": {"train": ("elmrec.classic", "elmrec.classic_batches", "elmrec.classic_checkpoint", "elmrec.lightgcn",
+                           "elmrec.propagation"),
+                 "evaluate": ("elmrec.classic", "elmrec.classic_eval", "elmrec.classic_batches", "elmrec.lightgcn",
+                              "elmrec.propagation", "elmrec.evaluate", "elmrec.metrics")},
 }
 
 

@@ -12,8 +12,9 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.logging import get_run_logger
 
 from elmrec.config import Settings
-from elmrec.evaluate import evaluate_baselines, evaluate_model
+from elmrec.evaluate import evaluate_baselines
 from elmrec.paths import METRICS_FILE, WorkPaths
+from elmrec.recommenders import evaluate_recommender
 from elmrec.stages import recording
 from tasks.caching import stage_cache
 
@@ -35,12 +36,12 @@ def evaluate_task(settings: Settings, allow_unfinished: bool = False) -> Path:
     """checkpoint/ -> eval-<hash>/<split>/metrics.json + predictions_<task>_<decoder>.parquet; returns the
     metrics path. An unfinished training is refused unless `allow_unfinished` (its best model so far)."""
     paths, split = WorkPaths.from_settings(settings), settings.eval.split
-    progress = create_progress_artifact(0.0, description=f"evaluate {settings.model.variant}: tasks done")
+    progress = create_progress_artifact(0.0, description=f"evaluate {settings.recommender}: tasks done")
     with recording(settings, "evaluate"):
-        metrics = evaluate_model(settings, paths, allow_unfinished=allow_unfinished,
+        metrics = evaluate_recommender(settings, paths, allow_unfinished=allow_unfinished,
                                  on_task=lambda task, values, share: update_progress_artifact(progress, 100.0 * share))
     create_table_artifact(metric_rows(metrics), key=artifact_key("evaluate", settings.data.dataset, split),
-                          description=f"{settings.data.dataset} {split} metrics ({settings.model.variant})")
+                          description=f"{settings.data.dataset} {split} metrics ({settings.recommender})")
     get_run_logger().info("%s hr@10: %s", split,
                           {f"{t}/{d}": round(m["hr@10"], 4) for t, bd in metrics.items() for d, m in bd.items()})
     return paths.run(settings).evaluation(settings) / METRICS_FILE

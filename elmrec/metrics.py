@@ -14,6 +14,7 @@ Conventions
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ INVALID = -1  # the item slot of an invalid output
 CUTOFFS_HR = (1, 5, 10)
 CUTOFFS_NDCG = (5, 10)
 SCORE_DECODER = "score"  # the decoder of every ranking by scores (direct `score`, baselines, classic models)
+TRACKED_AT = "_at_"  # `@` of hr@10 in tracked (MLflow) metric names, which may not hold `@`
 
 
 @dataclass
@@ -153,25 +155,34 @@ def pessimistic_rank(scores: Sequence[float] | np.ndarray, candidates: Sequence[
     return 1 + int(np.sum(others >= s[t]))
 
 
-def tracked_name(split: str, *path: str) -> str:
-    """The one name of a tracked metric: split, [baseline,] task, decoder, metric -> `test.direct.beam.hr@10`."""
-    return ".".join((split, *path))
+def tracked_name(split: str, task: str, decoder: str, metric: str, owner: str = "") -> str:
+    """The one name of a tracked evaluation metric, the same for every model and baseline:
+    `test/direct/score/hr_at_10`. MLflow 3 accepts `/` (its charts group by the first part) but not `@`, so `@k`
+    is written `_at_k`. `owner` prefixes a row of the comparison table (the parent run's headline metrics):
+    `popularity/test/direct/score/hr_at_10`, any character MLflow refuses turned into `_`."""
+    name = "/".join((split, task, decoder, metric.replace("@", TRACKED_AT)))
+    return "/".join((re.sub(r"[^\w.-]+", "_", owner).strip("_"), name)) if owner else name
 
 
 def tracked_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
-    """A metrics.json (model {task: {decoder: ...}} or baselines {baseline: {task: {decoder: ...}}}) flattened
-    to {tracked_name: value}; numeric leaves only (booleans and strings are not metrics)."""
-    flat: dict[str, float] = {}
+    """A metrics.json {task: {decoder: {metric: value}}} (a model's, or one baseline's part of the baselines'
+    one) flattened to {tracked_name: value}; numeric leaves only (booleans and strings are not metrics)."""
+    return {tracked_name(split, task, decoder, metric): float(value)
+            for task, by_decoder in metrics.items() if isinstance(by_decoder, Mapping)
+            for decoder, values in by_decoder.items() if isinstance(values, Mapping)
+            for metric, value in values.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
-    def walk(values: Mapping[str, Any], path: tuple[str, ...]) -> None:
-        for key, value in values.items():
-            if isinstance(value, Mapping):
-                walk(value, (*path, key))
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                flat[tracked_name(split, *path, key)] = float(value)
 
-    walk(metrics, ())
-    return flat
+def untracked_metrics(tracked: Mapping[str, float], split: str) -> dict[str, dict[str, dict[str, float]]]:
+    """The inverse of `tracked_metrics`: a run's MLflow metrics back to {task: {decoder: {metric: value}}};
+    names of another split or shape (losses, headline metrics) are left out."""
+    nested: dict[str, dict[str, dict[str, float]]] = {}
+    for name, value in tracked.items():
+        parts = name.split("/")
+        if len(parts) == 4 and parts[0] == split:
+            _, task, decoder, metric = parts
+            nested.setdefault(task, {}).setdefault(decoder, {})[metric.replace(TRACKED_AT, "@")] = value
+    return nested
 
 
 def _as_ranks(ranks: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -16,10 +16,12 @@ from typing import Any
 
 from elmrec.config import Settings
 from elmrec.graph import PROBE_K
+from elmrec.metrics import tracked_name
 
 MISSING = "—"  # a value that was not recorded
 TABLE_METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 BEAT_METRIC = "hr@10"  # "beats a floor" means a higher HR@10
+HEADLINE_METRICS = ("hr@10", "ndcg@10")  # of each row, on the parent MLflow run
 FLOORS = ("id_order", "popularity")  # baselines every model must beat on its own data setting
 TASK_ORDER = ("sequential", "direct")
 DECODER_ORDER = ("score", "beam", "constrained", "rerank")
@@ -150,3 +152,11 @@ def summary_markdown(settings: Settings, stats: Mapping[str, Mapping[str, Any]],
         f"MLflow: [{mlflow_url}]({mlflow_url}) (store `{settings.resolved_tracking_uri()}`)",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def headline_metrics(rows: Sequence[Row], split: str = "test") -> dict[str, float]:
+    """HR@10 and NDCG@10 of every row and (task, decoder), named for the parent MLflow run:
+    {`popularity/test/direct/score/hr_at_10`: value} (metrics.tracked_name with the row's label as owner)."""
+    return {tracked_name(split, task, decoder, metric, owner=row.label): value
+            for row in rows for task, decoder in table_columns([row]) for metric in HEADLINE_METRICS
+            if (value := row.value(task, decoder, metric)) is not None}

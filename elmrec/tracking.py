@@ -4,6 +4,10 @@ The store defaults to SQLite under the work dir (`sqlite:///<workdir>/mlflow.db`
 `<workdir>/mlartifacts`, both absolute, so runs started from any folder land in the same place. A fresh SQLite
 store is created under a lock (two runs starting at once would race MLflow's schema migrations), and every run
 records the process that owns it, so `fail_orphaned_runs` can close the runs of processes that died.
+
+The experiment is marked as classic model development (`mlflow.experimentKind`), so MLflow 3's UI opens it on
+the runs table rather than the GenAI overview. Runs may be created with the real start time of the work they
+record (`start_ms`) and closed with its end (`end_ms`); `span` turns stage records into those times.
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.data
+import polars as pl
 import yaml
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
 from elmrec.config import Settings
 from elmrec.paths import ensure_writable, locked, pid_alive, process_start
@@ -32,6 +40,14 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "elmrec"
 OWNER_TAGS = ("elmrec.host", "elmrec.pid", "elmrec.pid_start")  # the process that runs an MLflow run
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's description (markdown) in the MLflow UI
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # what a run's input dataset was used for
+# Tags and artifacts the pipeline writes (tasks.tracking) and reports read (elmrec.compare)
+FLOW_RUN_TAG = "prefect.flow_run_id"
+ROLE_TAG, MODEL_TAG, DATA_TAG = "elmrec.role", "elmrec.model", "elmrec.data_setting"  # parent|variant|baseline
+OWN_DATA = "own"  # DATA_TAG of rows on the run's own data setting
+STATS_ARTIFACT = "stats.json"  # the parent's {data setting: {"data": ..., "graph": ...}} ("" = the run's own)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,7 +71,10 @@ def configure(settings: Settings) -> str:
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
             artifacts = (settings.workdir / "mlartifacts").as_uri()
-            return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+            return mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():  # a store made before the experiment kind was set
+        if experiment.tags.get(key) != value:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -64,11 +83,6 @@ def _store_lock(uri: str) -> AbstractContextManager[None]:
     if uri.startswith("sqlite:///") and ":memory:" not in uri:
         return locked(Path(uri.removeprefix("sqlite:///").split("?")[0]))
     return nullcontext()
-
-
-def metric_name(name: str) -> str:
-    """MLflow metric names may not hold '@': hr@10 -> hr_at_10 (metrics.json keeps the usual names)."""
-    return name.replace("@", "_at_")
 
 
 @dataclass(frozen=True)
@@ -81,8 +95,10 @@ class RunLog:
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient()
 
-    def settings(self, settings: Settings) -> None:
-        dumped = settings.model_dump(mode="json")
+    def settings(self, settings: Settings, exclude: set[str] | None = None, **replace: Any) -> None:
+        """The settings as params (dotted names) and config.yaml; `exclude` leaves out top-level sections that do
+        not apply to the run, `replace` sets top-level fields (a baseline's `recommender`)."""
+        dumped = {**settings.model_dump(mode="json", exclude=exclude), **replace}
         self.params(dumped)
         self.client.log_text(self.run_id, yaml.safe_dump(dumped, sort_keys=False), "config.yaml")
 
@@ -94,7 +110,7 @@ class RunLog:
 
     def metrics(self, values: Mapping[str, Any], prefix: str = "", step: int = 0) -> None:
         now = int(time.time() * 1000)
-        numeric = [Metric(metric_name(f"{prefix}{k}"), float(v), now, step) for k, v in flatten(values).items()
+        numeric = [Metric(f"{prefix}{k}", float(v), now, step) for k, v in flatten(values).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for start in range(0, len(numeric), 1000):
             self.client.log_batch(self.run_id, metrics=numeric[start:start + 1000])
@@ -108,12 +124,31 @@ class RunLog:
     def artifact_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 
+    def describe(self, markdown: str) -> None:
+        """The run's description in the MLflow UI."""
+        self.client.set_tag(self.run_id, DESCRIPTION_TAG, markdown)
+
+    def splits(self, parquet: Path, name: str, contexts: Mapping[str, str], column: str = "split") -> None:
+        """One MLflow input dataset per split of a Parquet file (rows whose `column` is a key of `contexts`),
+        named `<name> · <split>`, with the file as its source and `contexts[split]` as its context (training,
+        validation, evaluation). Digest and profile come from the rows: milliseconds for Beauty's 200k."""
+        frame = pl.read_parquet(parquet)
+        inputs = []
+        for split, context in contexts.items():
+            with warnings.catch_warnings():  # a local path matches two equivalent registered sources
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                dataset = mlflow.data.from_polars(frame.filter(pl.col(column) == split), source=str(parquet),
+                                                  name=f"{name} · {split}")
+            inputs.append(DatasetInput(Dataset(**dataset.to_dict()), tags=[InputTag(DATASET_CONTEXT_TAG, context)]))
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
 
 def find_or_create_run(settings: Settings, name: str, tags: Mapping[str, str], match: Mapping[str, str],
-                       parent_run_id: str | None = None) -> str:
-    """The run whose tags include all of `match` (a retried flow run finds its earlier one), else a new run.
+                       parent_run_id: str | None = None, start_ms: int | None = None) -> str:
+    """The run whose tags include all of `match` (a retried flow run finds its earlier one), else a new run
+    starting at `start_ms` (ms since the epoch; default now).
 
-    The run is left RUNNING; stages log into it with `run(..., run_id=...)` and `finish` closes it.
+    The run is left RUNNING; stages log into it with `RunLog(run_id)` and `finish` closes it.
     """
     experiment_id = configure(settings)
     client = mlflow.MlflowClient()
@@ -129,7 +164,7 @@ def find_or_create_run(settings: Settings, name: str, tags: Mapping[str, str], m
     all_tags = {**tags, **match, **owner_tags()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+    return client.create_run(experiment_id, run_name=name, tags=all_tags, start_time=start_ms).info.run_id
 
 
 def owner_tags() -> dict[str, str]:
@@ -158,9 +193,29 @@ def fail_orphaned_runs(settings: Settings) -> list[str]:
     return failed
 
 
-def finish(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+def finish(settings: Settings, run_id: str, status: str = "FINISHED", end_ms: int | None = None) -> None:
+    """Close a run, at `end_ms` (ms since the epoch; default now)."""
     configure(settings)
-    mlflow.MlflowClient().set_terminated(run_id, status=status)
+    mlflow.MlflowClient().set_terminated(run_id, status=status, end_time=end_ms)
+
+
+def started_ms(settings: Settings, run_id: str) -> int:
+    """When a run started (ms since the epoch)."""
+    configure(settings)
+    return int(mlflow.MlflowClient().get_run(run_id).info.start_time)
+
+
+def iso_ms(timestamp: str) -> int:
+    """An ISO 8601 time with its zone (a stage record's `started`/`finished`) in ms since the epoch."""
+    return int(datetime.fromisoformat(timestamp).timestamp() * 1000)
+
+
+def span(records: Sequence[Mapping[str, str] | None]) -> tuple[int | None, int | None]:
+    """(start, end) in ms of the stages whose records are given: the first `started`, the last `finished`;
+    None where no record holds one (the run then starts or ends when it is logged)."""
+    starts = [iso_ms(r["started"]) for r in records if r and "started" in r]
+    ends = [iso_ms(r["finished"]) for r in records if r and "finished" in r]
+    return (min(starts) if starts else None), (max(ends) if ends else None)
 
 
 def environment_tags() -> dict[str, str]:
@@ -190,10 +245,22 @@ def run_url(settings: Settings, run_id: str) -> str:
 
 
 def find_runs(settings: Settings, filter_string: str = "") -> list[dict[str, Any]]:
-    """Runs of the experiment as plain dicts (id, name, params, metrics, tags): for tests and reports."""
+    """Runs of the experiment as plain dicts (id, name, status, start/end ms, params, metrics, tags), the latest
+    first: for tests and reports."""
     configure(settings)
-    found = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=filter_string, output_format="list")
+    found = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=filter_string, output_format="list",
+                               order_by=["attributes.start_time DESC"])
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "start_time": r.info.start_time, "end_time": r.info.end_time,
              "params": dict(r.data.params), "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
             for r in found]
+
+
+def read_artifact_text(settings: Settings, run_id: str, name: str) -> str | None:
+    """The text of one artifact of a run; None when the run has no such artifact."""
+    configure(settings)
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{name}")
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
 

@@ -33,6 +33,7 @@ from elmrec.stages import outputs, up_to_date
 from tasks.data import download_task, graph_task, preprocess_task
 from tasks.evaluate import baselines_task, evaluate_task
 from tasks.tracking import (
+    flow_run_name,
     mark_parent_failed,
     open_parent_task,
     prepare_workdir_task,
@@ -44,7 +45,8 @@ from tasks.tracking import (
 from tasks.train import train_task
 
 
-@flow(name="elmrec", validate_parameters=True, on_failure=[mark_parent_failed], on_crashed=[mark_parent_failed])
+@flow(name="elmrec", flow_run_name=flow_run_name, validate_parameters=True, on_failure=[mark_parent_failed],
+      on_crashed=[mark_parent_failed])
 def elmrec(
     preset: Preset = "demo",
     overrides: dict[str, Any] | None = None,
@@ -97,14 +99,15 @@ def elmrec(
         stats[label] = record_data_task(each, parent, label)
         if run := stage(baselines_task, Stage.EVALUATE, each):
             run(each)
-            rows += rows_of(record_baselines_task(each, parent, label or None), setting=label, baseline=True)
+            rows += rows_of(record_baselines_task(each, parent, label), setting=label, baseline=True)
 
     for name, variant in runs.items():
         if run := stage(train_task, Stage.TRAIN, variant):
             run(variant, resume=not fresh)
         if run := stage(evaluate_task, Stage.EVALUATE, variant):
             run(variant, allow_unfinished=allow_unfinished)
-        rows += rows_of({name: record_variant_task(variant, parent, name)}, setting=data_label(settings, variant))
+        label = data_label(settings, variant)
+        rows += rows_of({name: record_variant_task(variant, parent, name, label)}, setting=label)
 
     summarize_task(settings, parent, stats, rows)
     return {"mlflow_run_id": parent, "results": {row.label: dict(row.metrics) for row in rows}}

@@ -55,11 +55,12 @@ def test_flow_runs_every_stage_caches_reruns_and_records_mlflow(overrides: dict[
     parent = next(r for r in runs if r["run_id"] == result["mlflow_run_id"])
     children = [r for r in runs if r["tags"].get("mlflow.parentRunId") == parent["run_id"]]
     assert parent["tags"]["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
-    assert parent["metrics"]["data.n_interactions"] == 18 and parent["status"] == "FINISHED"
-    assert {"graph.leak_probe_valid_hr_at_5", "graph.leak_probe_test_hr_at_5"} <= set(parent["metrics"])
-    assert sorted(r["name"] for r in children) == ["baselines", "elmrec", "pod"]
-    elmrec_child = next(r for r in children if r["name"] == "elmrec")
-    assert "test.direct.score.hr_at_10" in elmrec_child["metrics"] and "valid_loss" in elmrec_child["metrics"]
+    assert parent["params"]["stats.data.n_interactions"] == "18" and parent["status"] == "FINISHED"
+    assert {"stats.graph.leak_probe_valid_hr_at_5", "stats.graph.leak_probe_test_hr_at_5"} <= set(parent["params"])
+    assert sorted(r["name"] for r in children) == [f"{name} · tiny" for name in
+                                                   ("elmrec", "id_order", "pod", "popularity", "random")]
+    elmrec_child = next(r for r in children if r["name"] == "elmrec · tiny")
+    assert "test/direct/score/hr_at_10" in elmrec_child["metrics"] and "valid_loss" in elmrec_child["metrics"]
     assert elmrec_child["params"]["pretrained"] == "False"
     first = task_states(state.state_details.flow_run_id)
     assert set(first["train"]) == {"Completed"} and len(first["train"]) == 2
@@ -97,28 +98,37 @@ def test_ablation_deployment_variants_share_one_parent_and_train_shared_checkpoi
 
     deployments = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())["deployments"]
     variants = next(d for d in deployments if d["name"] == "ablation")["parameters"]["variants"]
-    assert variants == ["elmrec", "pod", "no_graph", "no_incremental", "paper_decoding"]
+    assert variants == ["elmrec", "pod", "no_graph", "no_incremental", "paper_decoding", "shuffled_ids", "leaky_graph",
+                        "sasrec", "lightgcn"]
     state = elmrec(preset="demo", overrides=overrides, variants=variants, return_state=True)
     result = state.result()
     settings = settings_for("demo", overrides)
     runs = tracking.find_runs(settings)
     children = [r for r in runs if r["tags"].get("mlflow.parentRunId") == result["mlflow_run_id"]]
-    assert sorted(r["name"] for r in children) == sorted([*variants, "baselines"])
-    for child in children:
-        if child["name"] != "baselines":
-            assert {"test.direct.score.hr_at_10", "test.sequential.constrained.hr_at_10"} <= set(child["metrics"]), \
-                child["name"]
-    params = {r["name"]: r["params"] for r in children}
+    own, shuffled, leaky = "", " (id_scheme=shuffled)", " (graph_edges=all)"
+    expected = [f"{name} · tiny{data}" for name, data in
+                [(v, shuffled if v == "shuffled_ids" else leaky if v == "leaky_graph" else own) for v in variants]
+                + [(b, data) for b in ("popularity", "random", "id_order") for data in (own, shuffled, leaky)]]
+    assert sorted(r["name"] for r in children) == sorted(expected)
+    for child in children:  # every model and baseline carries the same metric names
+        assert {"test/direct/score/hr_at_10", "test/sequential/constrained/hr_at_10"} <= set(child["metrics"]) or \
+            {"test/direct/score/hr_at_10", "test/sequential/score/hr_at_10"} <= set(child["metrics"]), child["name"]
+    params = {r["tags"]["elmrec.model"]: r["params"] for r in children if r["tags"]["elmrec.role"] == "variant"}
     assert params["paper_decoding"]["eval.direct_decoders"] == '["score", "beam"]'
     assert params["elmrec"]["eval.direct_decoders"] == '["score"]'
+    assert params["shuffled_ids"]["data.id_scheme"] == "shuffled" and params["sasrec"]["recommender"] == "sasrec"
     # paper_decoding differs from elmrec in decoding only: it evaluates elmrec's checkpoint, trained once
     first = task_states(state.state_details.flow_run_id)
-    assert sorted(first["train"]) == ["Cached"] + ["Completed"] * 4 and len(first["evaluate"]) == 5
+    assert sorted(first["train"]) == ["Cached"] + ["Completed"] * 8 and len(first["evaluate"]) == 9
+    assert first["graph"] == ["Completed"] * 3  # own, shuffled IDs, all edges
+    table = result["results"]
+    assert {"id_order (id_scheme=shuffled)", "shuffled_ids (id_scheme=shuffled)", "leaky_graph (graph_edges=all)",
+            "sasrec", "lightgcn"} <= set(table)
 
     # Forcing training retrains each distinct checkpoint once, not once per variant that uses it.
     again = elmrec(preset="demo", overrides=overrides, variants=variants, stages=[Stage.TRAIN], force=[Stage.TRAIN],
                    return_state=True)
-    assert sorted(task_states(again.state_details.flow_run_id)["train"]) == ["Cached"] + ["Completed"] * 4
+    assert sorted(task_states(again.state_details.flow_run_id)["train"]) == ["Cached"] + ["Completed"] * 8
 
 
 def run_states(flow_state: Any) -> dict[str, list[str]]:

@@ -19,6 +19,7 @@ from elmrec.metrics import (
     ranking_metrics,
     tracked_metrics,
     tracked_name,
+    untracked_metrics,
 )
 
 
@@ -102,11 +103,15 @@ def test_decode_result_metrics() -> None:
 
 
 def test_tracked_metric_names_carry_task_and_decoder() -> None:
-    assert tracked_name("test", "direct", "beam", "hr@10") == "test.direct.beam.hr@10"
+    assert tracked_name("test", "direct", "beam", "hr@10") == "test/direct/beam/hr_at_10"
+    assert tracked_name("test", "direct", "score", "ndcg@5", owner="id_order (id_scheme=shuffled)") == \
+        "id_order_id_scheme_shuffled/test/direct/score/ndcg_at_5"
     model = {"direct": {"score": {"hr@10": 0.25, "n_users": 4}, "beam": {"hr@10": 0.5, "flag": True}},
              "sequential": {"constrained": {"ndcg@5": 0.125, "note": "text"}}}
-    assert tracked_metrics(model, "test") == {
-        "test.direct.score.hr@10": 0.25, "test.direct.score.n_users": 4.0, "test.direct.beam.hr@10": 0.5,
-        "test.sequential.constrained.ndcg@5": 0.125}  # booleans and text are not metrics
-    baselines = {"id_order": {"sequential": {"score": {"hr@5": 0.75}}}}
-    assert tracked_metrics(baselines, "valid") == {"valid.id_order.sequential.score.hr@5": 0.75}
+    tracked = tracked_metrics(model, "test")
+    assert tracked == {
+        "test/direct/score/hr_at_10": 0.25, "test/direct/score/n_users": 4.0, "test/direct/beam/hr_at_10": 0.5,
+        "test/sequential/constrained/ndcg_at_5": 0.125}  # booleans and text are not metrics
+    back = {"direct": {"score": {"hr@10": 0.25, "n_users": 4.0}, "beam": {"hr@10": 0.5}},
+            "sequential": {"constrained": {"ndcg@5": 0.125}}}
+    assert untracked_metrics({**tracked, "valid_loss": 3.0, "valid/direct/score/hr_at_10": 0.1}, "test") == back

@@ -107,7 +107,17 @@ def test_summarize_task_publishes_the_table_to_prefect_and_mlflow(tmp_path: Path
     markdown = tasks_tracking.summarize_task.fn(settings, parent, STATS, ROWS)
     assert published == [("elmrec-summary", markdown)] and comparison_table(ROWS, STATS) in markdown
     client = mlflow.MlflowClient()
-    assert sorted(a.path for a in client.list_artifacts(parent)) == ["comparison.md", "plots"]
+    assert sorted(a.path for a in client.list_artifacts(parent)) == ["comparison.md", "plots", "stats.json"]
     assert sorted(a.path for a in client.list_artifacts(parent, "plots")) == [
         "plots/metrics_direct.png", "plots/metrics_sequential.png"]
     assert Path(client.download_artifacts(parent, "comparison.md", str(tmp_path))).read_text() == markdown
+
+
+def test_headline_metrics_name_each_row_for_the_parent_run() -> None:
+    from elmrec.report import headline_metrics
+
+    assert headline_metrics(SHUFFLED + rows_of({"pod": {"direct": {"beam": {"hr@10": 0.5}}}})) == {
+        "id_order_shuffled/test/direct/score/hr_at_10": 0.1, "id_order_shuffled/test/direct/score/ndcg_at_10": 0.04,
+        "shuffled_ids_shuffled/test/direct/score/hr_at_10": 0.12,
+        "shuffled_ids_shuffled/test/direct/score/ndcg_at_10": 0.05,
+        "pod/test/direct/beam/hr_at_10": 0.5}  # a metric not recorded is left out

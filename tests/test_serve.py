@@ -129,10 +129,11 @@ def test_serve_runs_a_deployment_and_stop_ends_what_it_started(tmp_path: Path, t
         settings = settings_for("demo", tiny_pipeline(raw, workdir))
         parents = tracking.find_runs(settings, "tags.`elmrec.role` = 'parent'")
         assert [p["tags"]["prefect.flow_run_id"] for p in parents] == [first_run]
-        assert parents[0]["tags"]["prefect.deployment"] == "demo" and parents[0]["metrics"]["data.n_users"] == 4
+        assert parents[0]["tags"]["prefect.deployment"] == "demo" and parents[0]["params"]["stats.data.n_users"] == "4"
         children = tracking.find_runs(settings, f"tags.`mlflow.parentRunId` = '{parents[0]['run_id']}'")
-        assert sorted(c["name"] for c in children) == ["baselines", "elmrec"]
-        assert "test.direct.score.hr_at_10" in next(c for c in children if c["name"] == "elmrec")["metrics"]
+        assert sorted(c["name"] for c in children) == [f"{n} · tiny" for n in ("elmrec", "id_order", "popularity",
+                                                                                "random")]
+        assert "test/direct/score/hr_at_10" in next(c for c in children if c["name"] == "elmrec · tiny")["metrics"]
 
         # again, forcing evaluation: the unchanged stages come from cache
         second_run = deployment_run({**params, "force": ["evaluate"]}, api, env, home)

@@ -1,3 +1,4 @@
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -12,6 +13,7 @@ import mlflow
 
 from elmrec import tracking
 from elmrec.config import settings_for
+from elmrec.metrics import tracked_metrics
 
 
 def test_runs_are_found_again_by_tags_and_log_without_global_state(tmp_path: Path) -> None:
@@ -22,15 +24,16 @@ def test_runs_are_found_again_by_tags_and_log_without_global_state(tmp_path: Pat
     child = tracking.find_or_create_run(settings, "elmrec", {}, match={"prefect.flow_run_id": "f1", "role": "variant"},
                                         parent_run_id=parent)
     log = tracking.RunLog(child)
-    log.metrics({"direct": {"hr@10": 0.25, "mode": "score"}, "flag": True}, prefix="test.", step=3)
+    log.metrics(tracked_metrics({"direct": {"score": {"hr@10": 0.25, "mode": "score"}}, "flag": True}, "test"), step=3)
+    log.metrics({"train": {"loss": 2.5, "best": True}})
     log.params({"train": {"lr": 0.001}})
     log.params({"train": {"lr": 0.5}})  # params are write-once: a retried run keeps the first value
     tracking.finish(settings, child)
     (recorded,) = [r for r in tracking.find_runs(settings) if r["run_id"] == child]
-    assert recorded["metrics"] == {"test.direct.hr_at_10": 0.25}
+    assert recorded["metrics"] == {"test/direct/score/hr_at_10": 0.25, "train.loss": 2.5}
     assert recorded["params"] == {"train.lr": "0.001"}
     assert recorded["tags"]["mlflow.parentRunId"] == parent and recorded["status"] == "FINISHED"
-    assert [m.step for m in mlflow.MlflowClient().get_metric_history(child, "test.direct.hr_at_10")] == [3]
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(child, "test/direct/score/hr_at_10")] == [3]
     assert (tmp_path / "mlflow.db").is_file()
     assert set(tracking.environment_tags()) >= {"git.commit", "version.torch", "version.prefect"}
 
@@ -92,3 +95,44 @@ def test_runs_of_dead_processes_are_marked_failed_at_the_next_start(tmp_path: Pa
     assert {r["run_id"]: r["status"] for r in tracking.find_runs(settings)} == {dead_run: "FAILED",
                                                                                alive_run: "RUNNING"}
     assert tracking.fail_orphaned_runs(settings) == []
+
+
+def test_experiment_opens_on_the_runs_table_even_in_a_store_made_before(tmp_path: Path) -> None:
+    settings = settings_for("demo", {"workdir": str(tmp_path)})
+    experiment_id = tracking.configure(settings)
+    client = mlflow.MlflowClient()
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")  # an older store
+    tracking.configure(settings)
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_runs_carry_the_real_times_a_description_and_the_parquet_splits(tmp_path: Path) -> None:
+    import polars as pl
+
+    settings = settings_for("demo", {"workdir": str(tmp_path)})
+    train = {"started": "2025-01-02T03:04:05+00:00", "finished": "2025-01-02T03:14:05+00:00"}
+    evaluate = {"started": "2025-01-02T03:20:00+00:00", "finished": "2025-01-02T03:21:30+00:00"}
+    start, end = tracking.span([train, evaluate, None])
+    assert (start, end) == (1735787045000, 1735788090000) == (tracking.iso_ms(train["started"]),
+                                                               tracking.iso_ms(evaluate["finished"]))
+    assert tracking.span([None]) == (None, None)
+    run = tracking.find_or_create_run(settings, "elmrec · tiny", {}, match={"prefect.flow_run_id": "t"}, start_ms=start)
+    tracking.finish(settings, run, end_ms=end)
+    (found,) = tracking.find_runs(settings)
+    assert (found["start_time"], found["end_time"]) == (start, end) and tracking.started_ms(settings, run) == start
+
+    log = tracking.RunLog(run)
+    log.describe("| row | hr@10 |")
+    parquet = tmp_path / "interactions.parquet"
+    pl.DataFrame({"user": [1, 1, 1, 2, 2, 2, 2], "split": ["train", "valid", "test", "train", "train", "valid",
+                                                           "test"]}).write_parquet(parquet)
+    log.splits(parquet, "tiny", {"train": "training", "valid": "validation", "test": "evaluation"})
+    recorded = mlflow.MlflowClient().get_run(run)
+    assert recorded.data.tags["mlflow.note.content"] == "| row | hr@10 |"
+    inputs = {i.dataset.name: (json.loads(i.dataset.profile)["num_rows"], json.loads(i.dataset.source),
+                               {t.key: t.value for t in i.tags}["mlflow.data.context"])
+              for i in recorded.inputs.dataset_inputs}
+    assert inputs == {"tiny · train": (3, {"uri": str(parquet)}, "training"),
+                      "tiny · valid": (2, {"uri": str(parquet)}, "validation"),
+                      "tiny · test": (2, {"uri": str(parquet)}, "evaluation")}

@@ -4,6 +4,7 @@
     elmrec task preprocess [same options]                                one stage on the work dir's outputs
     elmrec run --stages evaluate --set eval.sequential_beams=50          rerun one stage with other settings
     elmrec serve | stop | ui      a local Prefect server + worker for `prefect deployment run`; the MLflow UI
+    elmrec compare [--run ID] [--csv FILE]   the comparison table of a flow run (default: the latest), from MLflow
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -94,7 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--allow-unfinished", action="store_true",
                              help="evaluate a training that has not finished (its best model so far)")
     serve.add_commands(commands)  # serve | stop | ui: local Prefect server + worker, MLflow UI
+    table = commands.add_parser("compare", help="print the comparison table of a flow run, read from MLflow")
+    table.add_argument("--run", help="MLflow run id, Prefect flow-run id or flow-run name (default: the latest)")
+    table.add_argument("--csv", metavar="FILE", help="also write the table's rows to FILE as CSV")
+    table.add_argument("--workdir", help="the work dir holding mlflow.db (default: $ELMREC_WORKDIR or ./work)")
     return parser
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    """`elmrec compare`: the table of a flow run (elmrec.compare), printed; `--csv` writes its rows."""
+    from elmrec.compare import NoRunError, comparison  # imports MLflow: only for this command
+
+    settings = settings_for("demo", {"workdir": args.workdir} if args.workdir else {})
+    try:
+        found = comparison(settings, args.run)
+    except NoRunError as error:
+        print(f"elmrec: {error}", file=sys.stderr)
+        return 1
+    print(f"{found.parent['name']} (MLflow run {found.parent['run_id']}, {found.split})\n\n{found.markdown()}")
+    if args.csv:
+        print(f"\nwrote {found.write_csv(Path(args.csv))}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     if args.command in serve.COMMANDS:
         return serve.run_command(args)
+    if args.command == "compare":
+        return compare_command(args)
     overrides = overrides_from(args)
     try:
         settings = settings_for(args.preset, overrides)

@@ -45,9 +45,9 @@ from elmrec.metrics import SCORE_DECODER, DecodeResult
 from elmrec.model import ELMRec
 from elmrec.paths import METRICS_FILE, DataPaths, WorkPaths, atomic_dir
 from elmrec.pretrained import load_tokenizer
-from elmrec.prompts import Prompt, direct_eval, sequential_eval
+from elmrec.prompts import direct_eval, sequential_eval
 from elmrec.trie import ItemTrie
-from elmrec.wholeword import MAX_PROMPT_TOKENS, collate
+from elmrec.wholeword import MAX_PROMPT_TOKENS, Prompt, collate
 
 logger = logging.getLogger(__name__)
 

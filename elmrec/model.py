@@ -29,9 +29,8 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from elmrec.config import ModelSettings, Task
 from elmrec.paths import atomic_dir
-from elmrec.prompts import Prompt
 from elmrec.propagation import propagate, to_torch_sparse
-from elmrec.wholeword import Encoded, WholeWordMode, encode
+from elmrec.wholeword import Encoded, Prompt, WholeWordMode, encode
 
 T5_DIR = "t5"  # save_pretrained folder inside a checkpoint
 TABLES_FILE = "elmrec_tables.safetensors"  # node / incremental tables and soft prompts

@@ -17,13 +17,13 @@ Evaluation prompts always use the bare template, so they do not depend on a rand
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from elmrec.config import Task
 from elmrec.data.negatives import flat_histories, sample_negatives
+from elmrec.wholeword import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,6 @@ DIRECT_TEMPLATES: tuple[str, ...] = (
 )
 BARE_SEQUENTIAL = len(SEQUENTIAL_TEMPLATES) - 1  # index of the bare template
 BARE_DIRECT = len(DIRECT_TEMPLATES) - 1
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One encoder input and its decoder target."""
-
-    user: int
-    task: Task
-    text: str  # e.g. "user_12 has bought item_3 item_7. Predict the next item the user will buy."
-    target: str  # the bare item ID, e.g. "8668"
 
 
 def render(template: str, user: int, items: list[int]) -> str:

@@ -56,8 +56,8 @@ from elmrec.model import ELMRec
 from elmrec.paths import RunPaths, WorkPaths, atomic_path
 from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.progress import progress_bar
-from elmrec.prompts import Prompt, direct_epoch, direct_eval, sequential_epoch, sequential_eval
-from elmrec.wholeword import IGNORE_INDEX, Encoded, bucketed_batches, collate
+from elmrec.prompts import direct_epoch, direct_eval, sequential_epoch, sequential_eval
+from elmrec.wholeword import IGNORE_INDEX, Encoded, Prompt, bucketed_batches, collate
 
 log = logging.getLogger(__name__)
 

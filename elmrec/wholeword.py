@@ -28,10 +28,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from elmrec.prompts import Prompt
+from elmrec.config import Task
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One encoder input and its decoder target (elmrec.prompts writes them; here they become model inputs)."""
+
+    user: int
+    task: Task
+    text: str  # e.g. "user_12 has bought item_3 item_7. Predict the next item the user will buy."
+    target: str  # the bare item ID, e.g. "8668"
 
 log = logging.getLogger(__name__)
 

@@ -49,3 +49,10 @@ def test_the_checkout_folders_are_not_installed_as_top_level_packages(tmp_path: 
     done = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('tasks'), "
                            "u.find_spec('flows'))"], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "None None"
+
+
+def test_the_model_loads_without_polars() -> None:
+    """LightGCN's maths (elmrec.propagation) and the prompt type live apart from the data stages."""
+    code = "import sys, elmrec.model; print('polars' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert done.stdout.strip() == "False"

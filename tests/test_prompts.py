@@ -15,12 +15,12 @@ from elmrec.data.schemas import CANDIDATES, HISTORIES
 from elmrec.prompts import (
     DIRECT_TEMPLATES,
     SEQUENTIAL_TEMPLATES,
-    Prompt,
     direct_epoch,
     direct_eval,
     sequential_epoch,
     sequential_eval,
 )
+from elmrec.wholeword import Prompt
 
 ITEM = re.compile(r"\bitem_(\d+)")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from elmrec.config import Task
-from elmrec.prompts import DIRECT_TEMPLATES, SEQUENTIAL_TEMPLATES, Prompt, render
-from elmrec.wholeword import MENTION, bucketed_batches, collate, encode, find_mentions
+from elmrec.prompts import DIRECT_TEMPLATES, SEQUENTIAL_TEMPLATES, render
+from elmrec.wholeword import MENTION, Prompt, bucketed_batches, collate, encode, find_mentions
 
 from .conftest import T5_SMALL
 

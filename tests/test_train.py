@@ -234,7 +234,8 @@ def test_recorded_variant_run_holds_the_training_curve(workdir: Path) -> None:
     parent_id = tracking.find_or_create_run(settings, "parent", {}, match={"elmrec.role": "parent"})
     record_variant_task.fn(settings, parent_id, "elmrec")
     history = json.loads(result.run.history.read_text())
-    (recorded,) = [r for r in tracking.find_runs(settings) if r["name"] == "elmrec"]
+    (recorded,) = [r for r in tracking.find_runs(settings) if r["tags"].get("elmrec.model") == "elmrec"]
+    assert recorded["name"] == f"elmrec · {settings.data.dataset}"
     assert recorded["tags"]["mlflow.parentRunId"] == parent_id
     assert recorded["params"]["pretrained"] == "False" and recorded["params"]["train.max_epochs"] == "2"
     assert recorded["params"]["best_epoch"] == str(history["best_epoch"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,18 @@ def key(settings: Settings, stage: str, length: int = 8) -> str:
     """A short hash of everything in settings that shapes `stage`'s output, its upstream stages' included."""
     return digest({"stage": stage, "own": own_settings(settings, stage),
                    "upstream": [key(settings, up, length=16) for up in UPSTREAM[stage]]}, length)
+
+
+def data_label(base: Settings, other: Settings) -> str:
+    """What sets `other`'s data apart from `base`'s ("" when nothing does), e.g. `id_scheme=shuffled`."""
+    own, theirs = base.data.model_dump(mode="json"), other.data.model_dump(mode="json")
+    return ", ".join(f"{name}={theirs[name]}" for name in theirs if theirs[name] != own[name])
+
+
+def data_settings(base: Settings, others: Iterable[Settings]) -> dict[str, Settings]:
+    """One settings per distinct data + graph output among `base` and `others` (the first to need it), labelled
+    by `data_label` ("" = base's own): what a flow runs the data stages and baselines for."""
+    found = {key(base, "graph"): ("", base)}
+    for settings in others:
+        found.setdefault(key(settings, "graph"), (data_label(base, settings), settings))
+    return dict(found.values())

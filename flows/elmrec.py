@@ -26,9 +26,9 @@ from prefect import Task, flow
 from prefect.logging import get_run_logger
 
 from elmrec.config import Preset, Settings, Stage, Variant, settings_for, variant_settings
-from elmrec.paths import WorkPaths
 from elmrec.pretrained import check_weights
 from elmrec.report import Row, rows_of
+from elmrec.shapes import data_label, data_settings
 from elmrec.stages import outputs, up_to_date
 from tasks.data import download_task, graph_task, preprocess_task
 from tasks.evaluate import baselines_task, evaluate_task
@@ -81,15 +81,9 @@ def elmrec(
 
     prepare_workdir_task(settings)
     parent = open_parent_task(settings, preset, list(variants))
-    data_settings = {"": settings}  # each distinct data folder, labelled by what differs from the run's own
-    for variant in runs.values():
-        if WorkPaths.from_settings(variant).graph.root not in {WorkPaths.from_settings(s).graph.root
-                                                               for s in data_settings.values()}:
-            data_settings[data_label(settings, variant)] = variant
-
     stats: dict[str, dict[str, Any]] = {}
     rows: list[Row] = []
-    for label, each in data_settings.items():
+    for label, each in data_settings(settings, runs.values()).items():
         if run := stage(download_task, Stage.DOWNLOAD, each):
             run(each)
         if run := stage(preprocess_task, Stage.PREPROCESS, each):
@@ -111,9 +105,3 @@ def elmrec(
 
     summarize_task(settings, parent, stats, rows)
     return {"mlflow_run_id": parent, "results": {row.label: dict(row.metrics) for row in rows}}
-
-
-def data_label(base: Settings, variant: Settings) -> str:
-    """What sets a variant's data apart from the run's own ("" when nothing does), e.g. `id_scheme=shuffled`."""
-    own, other = base.data.model_dump(mode="json"), variant.data.model_dump(mode="json")
-    return ", ".join(f"{name}={other[name]}" for name in other if other[name] != own[name])

@@ -31,16 +31,14 @@ from typing import Any, Literal
 from prefect import Task, flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
-from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 
 from elmrec.config import Preset, Settings, deep_merge, settings_for
 from elmrec.grid import REPORT_SPLIT, SELECT_SPLIT, Grid, Point, best_markdown, best_points, expand, trainings
-from elmrec.paths import WorkPaths
 from elmrec.pretrained import check_weights
 from elmrec.report import Row, rows_of
+from elmrec.shapes import data_label, data_settings
 from elmrec.stages import up_to_date
-from flows.elmrec import data_label
 from tasks.data import download_task, graph_task, preprocess_task
 from tasks.evaluate import baselines_task, evaluate_task
 from tasks.tracking import (
@@ -50,6 +48,7 @@ from tasks.tracking import (
     record_baselines_task,
     record_data_task,
     record_variant_task,
+    run_parameters,
     summarize_task,
 )
 from tasks.train import train_task
@@ -64,12 +63,7 @@ Metric = Literal["hr@5", "hr@10", "ndcg@5", "ndcg@10"]  # elmrec.report.TABLE_ME
 
 def sweep_run_name() -> str:
     """`sweep · mini · beauty · alpha×n_layers`: the flow run's name, and its parent MLflow run's."""
-    parameters = dict(flow_run.parameters or {})
-    preset = str(parameters.get("preset") or "mini")
-    try:
-        dataset = settings_for(preset, parameters.get("overrides")).data.dataset
-    except ValueError:  # bad settings: the flow itself reports them
-        dataset = "?"
+    preset, dataset, parameters = run_parameters("mini")
     grid = parameters.get("grid") or DEFAULT_GRID
     return f"sweep · {preset} · {dataset} · " + "×".join(str(key).rsplit(".", 1)[-1] for key in grid)
 
@@ -97,7 +91,7 @@ def sweep(
     parent = open_parent_task(settings, preset, [point.name for point in points])
     stats: dict[str, dict[str, Any]] = {}
     rows: list[Row] = []
-    for label, each in data_settings(settings, points).items():
+    for label, each in data_settings(settings, [point.settings for point in points]).items():
         for stage in (download_task, preprocess_task, graph_task):
             current(stage, each)(each)
         stats[label] = record_data_task(each, parent, label)
@@ -161,15 +155,6 @@ def current(task: Task, settings: Settings) -> Task:
 
 def on_split(settings: Settings, split: str) -> Settings:
     return Settings.model_validate(deep_merge(settings.model_dump(mode="json"), {"eval": {"split": split}}))
-
-
-def data_settings(base: Settings, points: list[Point]) -> dict[str, Settings]:
-    """Each distinct data folder the points need, labelled by what sets it apart from the base settings."""
-    found = {WorkPaths.from_settings(base).graph.root: ("", base)}
-    for point in points:
-        found.setdefault(WorkPaths.from_settings(point.settings).graph.root,
-                         (data_label(base, point.settings), point.settings))
-    return dict(found.values())
 
 
 def dask_runner(address: str | None, cluster_class: str | None, workers: int | None,

@@ -45,13 +45,19 @@ def _flow_run_id() -> str:
 def flow_run_name() -> str:
     """The flow run's name (the flow's `flow_run_name`): preset · dataset · variants, e.g. `demo · beauty ·
     elmrec+pod`; it names the parent MLflow run too."""
+    preset, dataset, parameters = run_parameters("demo")
+    return f"{preset} · {dataset} · {'+'.join(parameters.get('variants') or ['elmrec'])}"
+
+
+def run_parameters(default_preset: str) -> tuple[str, str, dict[str, Any]]:
+    """(preset, dataset, parameters) of the flow run being named ("?" for a dataset bad settings hide)."""
     parameters = dict(flow_run.parameters or {})
-    preset = str(parameters.get("preset") or "demo")
+    preset = str(parameters.get("preset") or default_preset)
     try:
         dataset = settings_for(preset, parameters.get("overrides")).data.dataset
     except ValueError:  # bad settings: the flow itself reports them
         dataset = "?"
-    return f"{preset} · {dataset} · {'+'.join(parameters.get('variants') or ['elmrec'])}"
+    return preset, dataset, parameters
 
 
 def child_name(name: str, settings: Settings, data_setting: str = "") -> str:

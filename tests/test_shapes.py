@@ -8,7 +8,7 @@ from elmrec.config import settings_for, variant_settings
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.paths import WorkPaths
-from elmrec.shapes import UPSTREAM, key, own_settings
+from elmrec.shapes import UPSTREAM, data_label, data_settings, key, own_settings
 from tests.conftest import write_p5
 
 
@@ -82,3 +82,12 @@ def test_fewer_negatives_and_the_default_keep_their_own_candidates(tmp_path: Pat
             preprocess(settings.data, settings.seed, paths.raw, paths.data)
         lengths[n_negatives] = set(pl.read_parquet(paths.data.candidates)["candidates"].list.len())
     assert lengths == {49: {50}, 99: {100}}
+
+
+def test_data_settings_keep_one_per_distinct_data_and_graph_output() -> None:
+    base = settings_for("demo")
+    variants = [variant_settings(base, name) for name in ("elmrec", "pod", "shuffled_ids", "leaky_graph", "sasrec")]
+    found = data_settings(base, variants)
+    assert list(found) == ["", "id_scheme=shuffled", "graph_edges=all"]
+    assert found[""] is base and found["id_scheme=shuffled"].data.id_scheme == "shuffled"
+    assert data_label(base, variants[1]) == "" and data_label(base, variants[3]) == "graph_edges=all"

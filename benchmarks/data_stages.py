@@ -31,8 +31,8 @@ from elmrec.config import settings_for
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.graph import build_graph, load_adjacency
-from elmrec.propagation import bipartite_adjacency, normalize, propagate, to_torch_sparse
 from elmrec.paths import WorkPaths
+from elmrec.propagation import bipartite_adjacency, normalize, propagate, to_torch_sparse
 
 
 def rss_mib() -> float:

@@ -5,6 +5,10 @@
     elmrec run --stages evaluate --set eval.sequential_beams=50          rerun one stage with other settings
     elmrec serve | stop | ui      a local Prefect server + worker for `prefect deployment run`; the MLflow UI
     elmrec compare [--run ID] [--csv FILE]   the comparison table of a flow run (default: the latest), from MLflow
+
+`run` and `task` end with the comparison table and the MLflow (and Prefect) links; a failure a user can fix ends
+with one `error: …` line, exit status 2 (Ctrl-C: 130), the traceback in a log file under the work dir
+(elmrec.app.errors). With `elmrec serve` up for the work dir, they run on its server (elmrec.app.prefect_env).
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ import json
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from elmrec.app import serve
-from elmrec.config import PRESETS, VARIANTS, Stage, deep_merge, settings_for, variant_settings
-from elmrec.paths import NotWritableError, WorkPaths, ensure_writable
+from elmrec.app.config_file import read_config
+from elmrec.app.errors import LogFile, MissingUpstream, divert_errors, is_expected, report
+from elmrec.app.interrupts import prompt_interrupts, shielded_temporary_server
+from elmrec.app.prefect_env import use_server
+from elmrec.config import PRESETS, VARIANTS, Settings, Stage, deep_merge, settings_for, variant_settings
+from elmrec.paths import WorkPaths, ensure_writable
 from elmrec.stages import missing_upstream
 
 EPILOG = """\
@@ -30,13 +37,20 @@ examples:
   elmrec run --preset paper --dataset sports --workdir /data/elmrec
   elmrec task graph --graph-edges all                       rebuild one stage (here: a leaky graph)
   elmrec run --set train.lr=5e-4 --set eval.split=valid     any setting, as dotted.key=value (JSON values)
+  elmrec run --config config.yaml                           replay a run's logged config.yaml (MLflow artifact)
+
+precedence of settings: command-line options > --config file > --preset (or the file's `preset:`) > defaults
+exit status: 0 done, 2 an error to fix (one `error: …` line; traceback in <workdir>/logs/), 130 Ctrl-C
 
 environment: ELMREC_WORKDIR (default ./work), ELMREC_MIRROR (data mirror), ELMREC_MODEL_MIRROR (model folders)
 """
 
 
 def add_settings_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="settings preset (default: demo)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="settings preset (default: the --config file's `preset:`, else demo)")
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="nested settings overrides, e.g. a run's logged config.yaml; options override it")
     parser.add_argument("--workdir", help="where every artifact goes (default: $ELMREC_WORKDIR or ./work)")
     parser.add_argument("--dataset", help="beauty | sports | toys (p5), a category (amazon2014), any name (local)")
     parser.add_argument("--source", choices=["p5", "amazon2014", "local"], help="where raw files come from")
@@ -95,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="train from scratch instead of continuing an interrupted training")
         command.add_argument("--allow-unfinished", action="store_true",
                              help="evaluate a training that has not finished (its best model so far)")
+        command.add_argument("--verbose", action="store_true",
+                             help="tracebacks and Prefect's error records on the terminal, not in the log file")
     serve.add_commands(commands)  # serve | stop | ui: local Prefect server + worker, MLflow UI
     table = commands.add_parser("compare", help="print the comparison table of a flow run, read from MLflow")
     table.add_argument("--run", help="MLflow run id, Prefect flow-run id or flow-run name (default: the latest)")
@@ -130,39 +146,85 @@ def main(argv: list[str] | None = None) -> int:
         return serve.run_command(args)
     if args.command == "compare":
         return compare_command(args)
-    overrides = overrides_from(args)
+    log: LogFile | None = None
     try:
-        settings = settings_for(args.preset, overrides)
-        runs = [variant_settings(settings, name) for name in args.variants or ["elmrec"]]
-    except (ValidationError, ValueError) as error:
-        print(f"elmrec: invalid settings:\n{error}", file=sys.stderr)
-        return 2
-    try:
-        ensure_writable(settings.workdir)  # at once, not minutes later through MLflow's retries
-    except NotWritableError as error:
-        print(f"elmrec: {error}", file=sys.stderr)
-        return 2
-    if args.command == "task":
-        stages, force = [Stage(args.stage)], [] if args.cached else [Stage(args.stage)]
-        for variant in runs:
-            missing = missing_upstream(variant, args.stage)
-            attempt = WorkPaths.from_settings(variant).run(variant).attempt.checkpoint
-            if missing and missing[1] == "train" and args.allow_unfinished and attempt.is_dir():
-                missing = None  # the unfinished training's best model so far will do
-            if missing:
-                path, producer = missing
-                print(f"elmrec: {path} is missing; run `elmrec task {producer}` first (same options)",
-                      file=sys.stderr)
-                return 2
-    else:
-        stages, force = [Stage(s) for s in args.stages or []] or None, [Stage(s) for s in args.force]
+        with prompt_interrupts():
+            preset, overrides = resolve(args)
+            settings = settings_for(preset, overrides)
+            runs = [variant_settings(settings, name) for name in args.variants or ["elmrec"]]
+            ensure_writable(settings.workdir)  # at once, not minutes later through MLflow's retries
+            stages, force = plan(args, runs)
+            log = LogFile(settings.workdir)  # a traceback worth keeping comes from the flow: errors before are plain
+            result, prefect_ui = run_flow(args, preset, overrides, stages, force, log, settings.workdir)
+            print_summary(settings, result, prefect_ui)
+        return 0
+    except (Exception, KeyboardInterrupt) as error:
+        if isinstance(error, KeyboardInterrupt) or is_expected(error):
+            return report(error, log, args.verbose)
+        raise
+    finally:
+        if log is not None:
+            log.close()
+
+
+def resolve(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(preset, overrides): command-line options over the --config file over the preset (elmrec.app.config_file)."""
+    preset, from_file = read_config(Path(args.config)) if args.config else (None, {})
+    return args.preset or preset or "demo", deep_merge(from_file, overrides_from(args))
+
+
+def plan(args: argparse.Namespace, runs: list[Settings]) -> tuple[list[Stage] | None, list[Stage]]:
+    """(stages, force) of the flow call; `elmrec task` first checks the stage's inputs are there."""
+    if args.command != "task":
+        return [Stage(s) for s in args.stages or []] or None, [Stage(s) for s in args.force]
+    for variant in runs:
+        missing = missing_upstream(variant, args.stage)
+        attempt = WorkPaths.from_settings(variant).run(variant).attempt.checkpoint
+        if missing and missing[1] == "train" and args.allow_unfinished and attempt.is_dir():
+            missing = None  # the unfinished training's best model so far will do
+        if missing:
+            path, producer = missing
+            raise MissingUpstream(f"{path} is missing; run `elmrec task {producer}` first (same options)")
+    return [Stage(args.stage)], [] if args.cached else [Stage(args.stage)]
+
+
+def run_flow(args: argparse.Namespace, preset: str, overrides: dict[str, Any], stages: list[Stage] | None,
+             force: list[Stage], log: LogFile, workdir: Path) -> tuple[dict[str, Any], str | None]:
+    """The flow's result, and the Prefect UI's address when its server outlives this command (`elmrec serve`'s,
+    or the one PREFECT_API_URL names) so that a link into it is worth printing."""
+    server = use_server(workdir)  # before Prefect is imported
+    if server:
+        print(f"elmrec: running on the Prefect server of `elmrec serve`: {server}", file=sys.stderr)
+    lasting = os.environ.get("PREFECT_API_URL", "").removesuffix("/").removesuffix("/api") or None
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "elmrec")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library logs outside a run
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     flow = load_flow()  # Prefect is imported only when a flow actually runs
-    flow(preset=args.preset, overrides=overrides, variants=args.variants, stages=stages, force=force,
-         fresh=args.fresh, allow_unfinished=args.allow_unfinished)
-    return 0
+    # a Ctrl-C reaches this process, not the temporary server it reports to
+    with nullcontext() if lasting else shielded_temporary_server(), \
+            nullcontext() if args.verbose else divert_errors(log):  # after Prefect's logging setup
+        result = flow(preset=preset, overrides=overrides, variants=args.variants, stages=stages, force=force,
+                      fresh=args.fresh, allow_unfinished=args.allow_unfinished)
+    return result, lasting
+
+
+def print_summary(settings: Settings, result: dict[str, Any] | None, prefect_ui: str | None) -> None:
+    """The last lines of a run: the comparison table (elmrec.compare rebuilds the one the flow published) and
+    where to look further."""
+    from elmrec import tracking
+    from elmrec.compare import comparison
+    from elmrec.tracking import FLOW_RUN_TAG
+
+    if not result or not result.get("mlflow_run_id"):
+        return
+    found = comparison(settings, result["mlflow_run_id"])
+    table = found.markdown() if any(row.metrics for row in found.rows) else "No evaluation in this run."
+    flow_run = found.parent["tags"].get(FLOW_RUN_TAG)
+    prefect = (f"{prefect_ui}/runs/flow-run/{flow_run}" if prefect_ui and flow_run else
+               "a temporary server, gone (`elmrec serve` keeps flow runs in a UI)")
+    print(f"\n{found.parent['name']} ({found.split})\n\n{table}\n\n"
+          f"MLflow:  {tracking.run_url(settings, found.parent['run_id'])}  (open with: elmrec ui)\n"
+          f"Prefect: {prefect}", flush=True)
 
 
 def load_flow() -> Any:

@@ -178,6 +178,7 @@ def service_env(paths: ServePaths, api_url: str, checkout: Path) -> dict[str, st
     env.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "elmrec")
     env.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")  # library logs outside a flow run
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")  # a local server is cheap to poll
+    env.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(paths.home / "storage"))  # results shared with `elmrec run`
     return env
 
 

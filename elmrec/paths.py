@@ -123,7 +123,6 @@ class RunPaths:
 class WorkPaths:
     """The folders of one dataset's raw files and derived data, keyed by the settings that shape them."""
 
-    workdir: Path
     raw: Path  # download's output
     derived: Path  # preprocess's folder: data/ and everything computed from it
     graph_edges: str
@@ -133,7 +132,7 @@ class WorkPaths:
         data = settings.data
         dataset_dir = settings.workdir / data.dataset
         subset = f"-u{data.max_users}" if data.max_users else ""
-        return cls(settings.workdir, dataset_dir / f"raw-{data.source}-{key(settings, 'download')}",
+        return cls(dataset_dir / f"raw-{data.source}-{key(settings, 'download')}",
                    dataset_dir / f"{data.id_scheme}-seed{settings.seed}{subset}-{key(settings, 'preprocess')}",
                    data.graph_edges)
 

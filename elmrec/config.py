@@ -266,7 +266,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"max_users": 2000},
         "model": {"reduced": {}},
         "train": {"batch_size": 32, "max_epochs": 3, "patience": 2, "valid_users": 200},
-        "eval": {"max_users": 200, "direct_beams": 5, "sequential_beams": 5, "rerank_n": 5},
+        "eval": {"max_users": 200, "direct_beams": 10, "sequential_beams": 10, "rerank_n": 5},  # beams >= top_n
     },
     # A larger subset for a first comparison of variants, under 30 minutes on 2 CPU cores (ELMRec + POD).
     "mini": {

@@ -29,6 +29,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import get_args
 
 import numpy as np
@@ -245,7 +246,12 @@ def _filter_outputs(model: DecodingModel, batch: DecodeInputs, states: States, t
 
 
 def _at_least(beams: int, needed: int, name: str) -> int:
-    """Beam search cannot return more sequences than beams: widen (with a warning) when settings ask for that."""
+    """Beam search cannot return more sequences than beams: widen (with a warning, once) when settings ask for that."""
     if beams < needed:
-        logger.warning("%s=%d < %d sequences to return; using %d beams", name, beams, needed, needed)
+        _warn_widened(name, beams, needed)
     return max(beams, needed)
+
+
+@cache
+def _warn_widened(name: str, beams: int, needed: int) -> None:
+    logger.warning("eval.%s=%d < %d sequences to return; using %d beams", name, beams, needed, needed)

@@ -47,8 +47,8 @@ from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
 from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.propagation import propagate
-from elmrec.train import TrainData, build_model, epoch_prompts, make_optimizer, train_step
-from elmrec.wholeword import IGNORE_INDEX, Encoded, bucketed_batches, collate
+from elmrec.train import TrainData, build_model, epoch_prompts, make_optimizer, optimizer_step, train_step
+from elmrec.wholeword import Encoded, bucketed_batches, collate
 
 ENCODE_PROMPTS = 2000  # prompts per task encoded for the benchmark (the tokenizer cost is per prompt)
 StepFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # one optimizer step on one batch -> detached loss
@@ -107,20 +107,8 @@ def stock_model(settings: Settings, device: Device) -> tuple[torch.nn.Module, to
 def stock_step(t5: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], device: Device,
                micro_batch_size: int | None = None) -> torch.Tensor:
     """`train_step` for stock T5: same slices and token weights, plain input_ids (no ww ids, no soft prompts)."""
-    optimizer.zero_grad(set_to_none=True)
-    size = len(batch["input_ids"])
-    step = micro_batch_size or size
-    tokens = (batch["labels"] != IGNORE_INDEX).sum()
-    total = torch.zeros((), device=device.device)
-    for begin in range(0, size, step):
-        part = {name: tensor[begin:begin + step] for name, tensor in batch.items()}
-        with device.autocast():
-            loss = t5(input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"]).loss
-        weight = (part["labels"] != IGNORE_INDEX).sum() / tokens
-        (loss * weight).backward()
-        total += loss.detach() * weight
-    optimizer.step()
-    return total
+    return optimizer_step(optimizer, batch, device, micro_batch_size, lambda part: t5(
+        input_ids=part["input_ids"], attention_mask=part["attention_mask"], labels=part["labels"]).loss)
 
 
 def time_steps(steps: dict[str, StepFn], encoded: Encoded, batches: list[np.ndarray], device: Device, warmup: int,

@@ -190,6 +190,15 @@ def train_step(model: ELMRec, optimizer: torch.optim.Optimizer, batch: dict[str,
     weighted by its share of the batch's target tokens: the gradient of the whole batch's mean loss (up to
     dropout draws and rounding), in the activation memory of one slice. Without it the weight is exactly 1.
     """
+    return optimizer_step(optimizer, batch, device, micro_batch_size, lambda part: model(
+        part["input_ids"], part["ww_ids"], part["attention_mask"], task, labels=part["labels"]).loss)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], device: Device,
+                   micro_batch_size: int | None, loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+                   ) -> torch.Tensor:
+    """`train_step` for any model: `loss_of(slice)` is the slice's mean token loss (also timed against stock T5 by
+    benchmarks/train_throughput.py, on the same slices and weights)."""
     optimizer.zero_grad(set_to_none=True)
     size = len(batch["input_ids"])
     slice_size = micro_batch_size or size
@@ -198,7 +207,7 @@ def train_step(model: ELMRec, optimizer: torch.optim.Optimizer, batch: dict[str,
     for begin in range(0, size, slice_size):
         part = {name: tensor[begin:begin + slice_size] for name, tensor in batch.items()}
         with device.autocast():
-            loss = model(part["input_ids"], part["ww_ids"], part["attention_mask"], task, labels=part["labels"]).loss
+            loss = loss_of(part)
         weight = (part["labels"] != IGNORE_INDEX).sum() / tokens
         (loss * weight).backward()
         total += loss.detach() * weight

@@ -57,15 +57,16 @@ from elmrec.paths import RunPaths
 from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.train import EpochRecord, TrainData, build_model, make_optimizer, train, train_step
 from elmrec.trie import ItemTrie
-from elmrec.wholeword import Encoded
+from elmrec.wholeword import Encoded, collate
 
 log = logging.getLogger("gpu_check")
-SECTIONS = ("train_throughput", "eval_throughput", "paper_p5", "paper_shuffled")
-BUDGET_S = {"train_throughput": 60, "eval_throughput": 60, "paper_p5": 155, "paper_shuffled": 155}  # 7.2 min
+SECTIONS = ("train_throughput", "eval_throughput", "paper_p5", "paper_shuffled", "attention", "compile")
+BUDGET_S = {"train_throughput": 60, "eval_throughput": 60, "paper_p5": 130, "paper_shuffled": 130, "attention": 20,
+            "compile": 60}  # 6.7 min; compile last: a compilation cannot always be stopped at its time box
 DECODERS = (("direct", "score"), ("direct", "beam"), ("sequential", "constrained"), ("sequential", "rerank"))
 # (GPU, --smoke CPU) defaults of the options left unset
 DEFAULTS = {"batch_size": (64, 4), "warmup": (3, 1), "steps": (20, 2), "eval_users": (256, 4), "test_users": (2000, 20),
-            "eval_reserve_s": (40.0, 20.0), "total_s": (435.0, 300.0)}
+            "eval_reserve_s": (40.0, 20.0), "total_s": (460.0, 360.0)}
 SMOKE_BUDGET_S = 60.0  # per section with --smoke (a few seconds each when the machine is quiet)
 
 
@@ -167,6 +168,43 @@ def train_throughput(args: argparse.Namespace, deadline: float) -> dict[str, Any
         rows += time_precision(settings, data, device, encoded, args, until)
         free_memory()
     return {"rows": rows, "parameters_m": parameters / 1e6}
+
+
+def train_options(args: argparse.Namespace, option: str, deadline: float) -> dict[str, Any]:
+    """What `train.attention` (option "attention") or `train.compile` ("compile") buys: bf16 direct training steps
+    of two ELMRec models with the same weights (same seed) taking turns on the same batches: SDPA attention, the
+    default, against eager attention, or against SDPA under torch.compile (its first call, the compilation, timed
+    apart; skipped with --smoke: compiling on a small CPU takes minutes)."""
+    if option == "compile" and args.smoke:
+        return {"skipped": "with --smoke"}
+    device = Device(torch.device(args.device), torch.bfloat16)
+    settings = check_settings(args, batch_size=args.batch_size)
+    data = TrainData.load(tt.prepare_data(settings))
+
+    def make(**train: Any) -> tuple[ELMRec, tt.StepFn]:
+        other = check_settings(args, batch_size=args.batch_size, **train)
+        model, _ = build_model(other, data, device)
+        optimizer = make_optimizer(model, other)
+        return model, lambda batch: train_step(model, optimizer, batch, Task.DIRECT, device)
+
+    model, sdpa = make()
+    encoded, batches, _ = tt.sample_batches(model, load_tokenizer(settings.model), data, settings, Task.DIRECT,
+                                            args.batch_size, args.warmup + args.steps)
+    other = make(attention="eager") if option == "attention" else make(compile=True)
+    out: dict[str, Any] = {"task": "direct", "precision": device.describe(), "batch_size": args.batch_size}
+    if option == "compile":
+        start = time.perf_counter()
+        other[1](device.put(collate(encoded, batches[0]))).item()  # the compilation
+        out["compile_s"] = time.perf_counter() - start
+    name = {"attention": "eager", "compile": "compiled"}[option]
+    timed = tt.time_steps({"sdpa": sdpa, name: other[1]}, encoded, batches, device, args.warmup, deadline)
+    for key, t in timed.items():
+        out[key] = {**tt.summary(t["seconds"], args.batch_size), "timed_steps": len(t["seconds"]),
+                    "peak_memory_mib": t["peak_mib"]}
+    out["speedup_vs_sdpa"] = out["sdpa"]["s_per_step"] / out[name]["s_per_step"]
+    log.info("direct bf16 training, %s: %.1f samples/s against SDPA's %.1f (%.2fx)", name,
+             out[name]["samples_per_s"], out["sdpa"]["samples_per_s"], out["speedup_vs_sdpa"])
+    return out
 
 
 def decode_seconds(model: ELMRec, inputs: Any, trie: ItemTrie, task: str, decoder: str, settings: Settings,
@@ -336,7 +374,9 @@ def main() -> None:
         "budgets_s": budgets(args), "args": {k: str(v) for k, v in vars(args).items()}}, "sections": {}}
     bodies = {"train_throughput": partial(train_throughput, args), "eval_throughput": partial(eval_throughput, args),
               "paper_p5": partial(paper_training, args, id_scheme="p5"),
-              "paper_shuffled": partial(paper_training, args, id_scheme="shuffled")}
+              "paper_shuffled": partial(paper_training, args, id_scheme="shuffled"),
+              "attention": partial(train_options, args, "attention"),
+              "compile": partial(train_options, args, "compile")}
     start, planned = time.perf_counter(), 0.0
     for name in args.sections.split(","):  # time left unused by a section goes to the next one
         planned += report["meta"]["budgets_s"][name]

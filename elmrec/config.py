@@ -120,6 +120,25 @@ class TrainSettings(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16 on CPU
     #                                                      is ~1.5-2x faster on recent x86 but less exact)
+    attention: Literal["sdpa", "eager"] = "sdpa"  # T5's attention kernel: PyTorch's fused SDPA, or the eager one
+    compile: bool = False  # torch.compile T5 (dynamic shapes); pays off on GPUs only once the compile is amortised
+    nproc: int = Field(1, ge=1)  # training processes; > 1: DDP under torchrun, one GPU each (gloo on CPU), every
+    #                              process a 1/nproc share of each batch (same update); ELMRec only
+    devices: list[int] | None = None  # CUDA device indices (as torch numbers the visible ones) of the nproc
+    #                                   processes; None: the first nproc
+
+    @model_validator(mode="after")
+    def _processes_fit(self) -> TrainSettings:
+        if self.devices is not None:
+            if self.device == "cpu":
+                raise ValueError("train.devices: CUDA device indices need train.device 'cuda' or 'auto', not 'cpu'")
+            if len(self.devices) != self.nproc or len(set(self.devices)) != self.nproc or min(self.devices) < 0:
+                raise ValueError(f"train.devices: {self.devices} must be train.nproc ({self.nproc}) distinct "
+                                 f"indices >= 0")
+        if self.batch_size < self.nproc:
+            raise ValueError(f"train.nproc: {self.nproc} processes share each batch of train.batch_size "
+                             f"({self.batch_size}) prompts: at least one prompt each")
+        return self
 
 
 DirectDecoder = Literal["score", "beam"]  # score: all 100 candidates, exactly; beam: the paper's free beam search
@@ -205,6 +224,7 @@ class Settings(_Strict):
     seed: int = Field(2024, ge=0)  # seeds negatives, samplers, initialisation
     workdir: Path = Path("work")  # every artifact lives below it (env ELMREC_WORKDIR)
     tracking_uri: str | None = None  # MLflow store; None = sqlite:///<workdir>/mlflow.db
+    register_models: bool = True  # log each trained model as an MLflow model, registered as elmrec-<dataset>
     recommender: Literal["elmrec", "sasrec", "lightgcn"] = "elmrec"  # the model a run trains and evaluates
     data: DataSettings = DataSettings()
     model: ModelSettings = ModelSettings()

@@ -15,7 +15,8 @@ POD (the `pod` variant) is alpha = 0: no ww tables (plain T5 + soft prompts). Va
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class ELMRec(nn.Module):
             else {}
         )
         self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None  # eval-mode propagated table
+        self._step_table: torch.Tensor | None = None  # inside `propagation_once`: the step's table (a leaf)
 
     def ww_mode(self, task: Task) -> WholeWordMode:
         """Which ww id scheme prompts of `task` use: graph node indices or order of appearance."""
@@ -142,12 +144,36 @@ class ELMRec(nn.Module):
         weight = self.node_table.weight
         if not self.propagates:
             return _zero_row0(weight)
+        if self._step_table is not None:
+            return self._step_table
         if self.training or torch.is_grad_enabled():
             return _zero_row0(_propagate(self.adjacency, weight, self.settings.n_layers))
         key = (weight.data_ptr(), weight.device, weight.dtype, self.adjacency.device)  # moved or cast: recompute
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, _zero_row0(_propagate(self.adjacency, weight, self.settings.n_layers)))
         return self._cache[1]
+
+    @contextmanager
+    def propagation_once(self) -> Iterator[None]:
+        """One optimizer step's forwards and backwards (micro-batches) share one propagated table.
+
+        Inside, `node_embeddings` returns a detached copy of the propagated table that collects the gradients of
+        every backward; on leaving, that gradient goes back through the propagation once. The weights' gradient
+        is the same as propagating per forward (the gradient is linear in the table's), at the cost of one
+        propagation and one backward through it per step instead of one per micro-batch. Does nothing when the
+        model does not propagate or gradients are off."""
+        if not self.propagates or not torch.is_grad_enabled() or self._step_table is not None:
+            yield
+            return
+        table = self.node_embeddings()
+        leaf = table.detach().requires_grad_(True)
+        self._step_table = leaf
+        try:
+            yield
+        finally:
+            self._step_table = None
+        if leaf.grad is not None:  # reached only when the body raised nothing
+            table.backward(leaf.grad)
 
     def ww_table(self, task: Task) -> torch.Tensor:
         """The ww table (rows, d) prompts of `task` index; row 0 is zero."""
@@ -169,7 +195,10 @@ class ELMRec(nn.Module):
         embeds = self.t5.get_input_embeddings()(input_ids)  # (B, L, d)
         if self.alpha != 0.0:
             table = self.ww_table(task)  # (rows, d)
-            if ww_ids.numel() and (int(ww_ids.min()) < 0 or int(ww_ids.max()) >= table.shape[0]):
+            # Checked on the CPU only: on CUDA it would stall the host every step (`encode` checks every id
+            # against the table size already, and the embedding kernel fails on an out-of-range one).
+            if ww_ids.device.type == "cpu" and ww_ids.numel() and (
+                    int(ww_ids.min()) < 0 or int(ww_ids.max()) >= table.shape[0]):
                 raise ValueError(f"{self.ww_mode(task)} ww ids must lie in [0, {table.shape[0]})")
             embeds = embeds + self.alpha * F.embedding(ww_ids, table).to(embeds.dtype)  # (B, L, d)
         n_prompts = self.settings.prompt_num

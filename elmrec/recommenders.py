@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from elmrec import distributed
 from elmrec.classic import evaluate_classic, section, train_classic
 from elmrec.config import Settings
 from elmrec.evaluate import evaluate_model
@@ -22,8 +23,11 @@ from elmrec.train import train
 def train_recommender(settings: Settings, paths: WorkPaths, resume: bool = True,
                       on_epoch: Callable[[Any], None] | None = None) -> Any:
     """Train the run's recommender (resume=True continues an interrupted attempt); returns its result (fields
-    shared by all: best_epoch, run, pretrained)."""
+    shared by all: best_epoch, run, pretrained). ELMRec trains in train.nproc processes (elmrec.distributed) when
+    asked to; the classic baselines always in this one."""
     if settings.recommender == "elmrec":
+        if distributed.wanted(settings):
+            return distributed.launch(settings, paths, resume=resume, on_epoch=on_epoch)
         return train(settings, paths, resume=resume, on_epoch=on_epoch)
     return train_classic(settings, paths, resume=resume, on_epoch=on_epoch)
 

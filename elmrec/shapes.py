@@ -11,8 +11,8 @@ on the outputs upstream of it. So:
   its code, and is recorded beside its output, so a stage is up to date only when the record matches;
 - training resumes from `last/` only when `key(settings, "train")` is the one it was written under.
 
-Settings outside this table (the training device, batch sizes of evaluation, mirrors of verified files, the work dir,
-the tracking URI) never change what a stage writes.
+Settings outside this table (how training runs: RUNTIME_ONLY; batch sizes of evaluation, mirrors of verified files,
+the work dir, the tracking URI) never change what a stage writes.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from elmrec.config import Settings
+
+# Training settings that say how a training runs, not what it computes (up to float rounding): a training may
+# resume on another device, with another attention kernel, compiled or not, in another number of processes (each
+# takes a share of every batch: the same update).
+RUNTIME_ONLY = {"device", "attention", "compile", "nproc", "devices"}
 
 # Each stage, and the stages whose outputs it reads.
 UPSTREAM: dict[str, tuple[str, ...]] = {
@@ -71,7 +76,7 @@ def own_settings(settings: Settings, stage: str) -> dict[str, Any]:
         shaping = {"recommender": settings.recommender, "seed": settings.seed,
                    section: getattr(settings, section).model_dump(mode="json", exclude={"model_mirror"})}
         if settings.recommender == "elmrec":
-            shaping["train"] = settings.train.model_dump(mode="json", exclude={"device"})  # resumable elsewhere
+            shaping["train"] = settings.train.model_dump(mode="json", exclude=RUNTIME_ONLY)  # resumable elsewhere
         return shaping
     if stage == "evaluate":
         return {"seed": settings.seed, "eval": settings.eval.model_dump(mode="json", exclude={"split", "batch_size"})}

@@ -21,6 +21,20 @@ A finished model is never destroyed: a training writes checkpoint/, last/ and hi
 checkpoint/ + history.json always describe a finished training; a killed retrain leaves them as they were, and
 resume=True continues the attempt (with none to continue, it trains a new one: whether a stored model is still
 current is the stage's question, elmrec.stages.up_to_date, not training's).
+
+Several processes (DDP, `train.nproc`; elmrec.distributed starts them under torchrun and calls `train` in each):
+every process builds the same epochs (the streams above are seeded, not per process) and takes its share of
+each batch, rows[rank::nproc], so `batch_size` is the global batch. Its loss is weighted by its share's target
+tokens over the global batch's (counted from the encodings every process holds: no communication) times
+nproc, since DDP averages the processes' gradients: the sum is the one-process gradient of the whole batch,
+up to float rounding. A process whose share is empty (a batch shorter than nproc) steps on one row with weight
+0, to stay in step. Micro-batches slice the share, all but the last under DDP's no_sync; the graph propagates
+in each forward (ELMRec.propagation_once would send the node table's gradient after DDP's reduction). The
+batch losses and the validation sums (each process scores every nproc-th prompt) are summed over the
+processes, so every process keeps the same state and stops at the same epoch. Rank 0 alone writes attempt/,
+promotes it and calls `on_epoch`; with resume, the others load the last/ it resumes from. Dropout draws the
+same seeds in every process but over other rows: with dropout the update equals one process's in
+distribution only.
 """
 
 from __future__ import annotations
@@ -31,21 +45,27 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerBase
 
 from elmrec.checkpoint import (
     TrainState,
+    UnfinishedTraining,
     attempt_state,
     fingerprint,
     is_finished,
+    load_last,
     promote,
+    read_history,
     save_last,
 )
 from elmrec.config import Settings, Task
@@ -58,6 +78,7 @@ from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.progress import progress_bar
 from elmrec.prompts import direct_epoch, direct_eval, sequential_epoch, sequential_eval
 from elmrec.wholeword import IGNORE_INDEX, Encoded, Prompt, bucketed_batches, collate
+from elmrec.world import ONE_PROCESS, World
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +194,10 @@ def build_model(settings: Settings, data: TrainData, device: Device) -> tuple[EL
     """(model in train mode on the device, pretrained); initialisation seeded by settings.seed."""
     torch.manual_seed(settings.seed)
     t5, pretrained = load_t5(settings.model)
+    t5.set_attn_implementation(settings.train.attention)
     model = ELMRec(t5, settings.model, data.n_users, data.n_items, data.adjacency, settings.train.tasks)
+    if settings.train.compile:
+        model.t5.compile(dynamic=True)  # in place: the state dict keeps its keys (checkpoints unchanged)
     return model.to(device.device).train(), pretrained
 
 
@@ -182,47 +206,69 @@ def make_optimizer(model: ELMRec, settings: Settings) -> torch.optim.AdamW:
     return torch.optim.AdamW(model.parameters(), lr=settings.train.lr, fused=True)
 
 
-def train_step(model: ELMRec, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], task: Task,
-               device: Device, micro_batch_size: int | None = None) -> torch.Tensor:
+def train_step(model: ELMRec | DistributedDataParallel, optimizer: torch.optim.Optimizer,
+               batch: dict[str, torch.Tensor], task: Task, device: Device, micro_batch_size: int | None = None,
+               tokens: int | None = None, grad_scale: float = 1.0) -> torch.Tensor:
     """One optimizer step on one batch; returns the (detached) mean token loss over the batch.
 
     With `micro_batch_size`, forward and backward run on slices of that many prompts, each slice's mean loss
     weighted by its share of the batch's target tokens: the gradient of the whole batch's mean loss (up to
     dropout draws and rounding), in the activation memory of one slice. Without it the weight is exactly 1.
+    Under DDP `batch` is this process's share of a global batch of `tokens` target tokens (see optimizer_step).
     """
+    ddp = isinstance(model, DistributedDataParallel)
     return optimizer_step(optimizer, batch, device, micro_batch_size, lambda part: model(
-        part["input_ids"], part["ww_ids"], part["attention_mask"], task, labels=part["labels"]).loss)
+        part["input_ids"], part["ww_ids"], part["attention_mask"], task, labels=part["labels"]).loss,
+        # DDP reduces gradients during the backward: the node table's must flow in it, not after it
+        shared=nullcontext if ddp else model.propagation_once, accumulate=model.no_sync if ddp else nullcontext,
+        tokens=tokens, grad_scale=grad_scale)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], device: Device,
-                   micro_batch_size: int | None, loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor]
-                   ) -> torch.Tensor:
+                   micro_batch_size: int | None, loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                   shared: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                   accumulate: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                   tokens: int | None = None, grad_scale: float = 1.0) -> torch.Tensor:
     """`train_step` for any model: `loss_of(slice)` is the slice's mean token loss (also timed against stock T5 by
-    benchmarks/train_throughput.py, on the same slices and weights)."""
+    benchmarks/train_throughput.py, on the same slices and weights). The slices' forwards and backwards run
+    inside `shared()` (ELMRec: one graph propagation per step, `ELMRec.propagation_once`), all but the last one
+    also inside `accumulate()` (DDP's no_sync: gradients are reduced once, in the last backward). No host-device
+    synchronisation: the token counts and the returned loss stay on the device.
+
+    A slice's weight is its target tokens / `tokens` (default: the batch's). Under DDP `batch` is one process's
+    share of a global batch of `tokens` target tokens, so the returned loss is its part of the global mean, and
+    `grad_scale` = the number of processes turns DDP's average of their gradients into the global batch's
+    (grad_scale 0: a stand-in slice that only keeps a process without rows in step with the others).
+    """
     optimizer.zero_grad(set_to_none=True)
     size = len(batch["input_ids"])
     slice_size = micro_batch_size or size
-    tokens = (batch["labels"] != IGNORE_INDEX).sum()
+    if tokens is None:
+        tokens = (batch["labels"] != IGNORE_INDEX).sum()
     total = torch.zeros((), device=device.device)
-    for begin in range(0, size, slice_size):
-        part = {name: tensor[begin:begin + slice_size] for name, tensor in batch.items()}
-        with device.autocast():
-            loss = loss_of(part)
-        weight = (part["labels"] != IGNORE_INDEX).sum() / tokens
-        (loss * weight).backward()
-        total += loss.detach() * weight
+    with shared():
+        for begin in range(0, size, slice_size):
+            part = {name: tensor[begin:begin + slice_size] for name, tensor in batch.items()}
+            with accumulate() if begin + slice_size < size else nullcontext():
+                with device.autocast():
+                    loss = loss_of(part)
+                weight = (part["labels"] != IGNORE_INDEX).sum() / tokens
+                (loss * weight * grad_scale).backward()
+            total += loss.detach() * weight
     optimizer.step()  # no clipping, no schedule: as the authors' code
     return total
 
 
 @torch.no_grad()
-def validation_losses(model: ELMRec, valid: dict[Task, Encoded], batch_size: int, device: Device) -> dict[str, float]:
-    """Per task: mean over prompts of the prompt's mean target-token cross-entropy (independent of batching)."""
+def validation_losses(model: ELMRec, valid: dict[Task, Encoded], batch_size: int, device: Device,
+                      world: World = ONE_PROCESS) -> dict[str, float]:
+    """Per task: mean over prompts of the prompt's mean target-token cross-entropy (independent of batching).
+    Under DDP each process scores its share of the prompts and the sums are added up (the same on each)."""
     model.eval()
     losses = {}
     for task, encoded in valid.items():
-        order = np.argsort(encoded.lengths, kind="stable")  # similar lengths together: less padding
-        per_prompt = []
+        order = world.share(np.argsort(encoded.lengths, kind="stable"))  # similar lengths together: less padding
+        per_prompt = [torch.zeros(0, device=device.device)]
         for begin in range(0, len(order), batch_size):
             batch = device.put(collate(encoded, order[begin:begin + batch_size]))
             labels = batch["labels"]  # (B, T)
@@ -231,27 +277,35 @@ def validation_losses(model: ELMRec, valid: dict[Task, Encoded], batch_size: int
             tokens = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
                                      reduction="none")  # (B, T)
             per_prompt.append(tokens.sum(1) / (labels != IGNORE_INDEX).sum(1))
-        losses[task.value] = float(torch.cat(per_prompt).mean()) if per_prompt else math.nan
+        scored = torch.cat(per_prompt).double()  # (prompts of this process,)
+        total, count = world.sum(torch.stack([scored.sum(), scored.new_tensor(len(scored))])).tolist()
+        losses[task.value] = total / count if count else math.nan
     model.train()
     return losses
 
 
-def run_epoch(model: ELMRec, optimizer: torch.optim.Optimizer, parts: list[TaskEpoch], settings: Settings,
-              epoch: int, device: Device) -> tuple[dict[str, float], int, float]:
-    """Train one epoch: (mean batch loss per task, samples, seconds)."""
+def run_epoch(model: ELMRec | DistributedDataParallel, optimizer: torch.optim.Optimizer, parts: list[TaskEpoch],
+              settings: Settings, epoch: int, device: Device, world: World = ONE_PROCESS
+              ) -> tuple[dict[str, float], int, float]:
+    """Train one epoch: (mean batch loss per task, samples, seconds). Under DDP every process holds the same
+    batches and steps on its share of each (World.share), the losses of the shares added up at the end."""
     torch.manual_seed(int(np.random.default_rng([settings.seed, epoch, STREAM_TORCH]).integers(2**62)))
     order = interleave(parts)
     losses: dict[Task, list[torch.Tensor]] = {p.task: [] for p in parts}
     samples, start = 0, time.perf_counter()
-    with progress_bar(order, desc=f"epoch {epoch}", unit="batch", leave=False) as bar:
+    with progress_bar(order, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not world.main) as bar:
         for step, (part, rows) in enumerate(bar):
-            loss = train_step(model, optimizer, device.put(collate(part.encoded, rows)), part.task, device,
-                              settings.train.micro_batch_size)
-            losses[part.task].append(loss)
+            share = world.share(rows)
+            tokens = int(np.diff(part.encoded.label_offsets)[rows].sum())  # the global batch's target tokens
+            stand_in = len(share) == 0  # fewer rows than processes: step on a row with no weight, in step with DDP
+            loss = train_step(model, optimizer, device.put(collate(part.encoded, rows[:1] if stand_in else share)),
+                              part.task, device, settings.train.micro_batch_size, tokens,
+                              grad_scale=0.0 if stand_in else world.size)
+            losses[part.task].append(torch.zeros_like(loss) if stand_in else loss)
             samples += len(rows)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", task=part.task.value)
-    means = {t.value: float(torch.stack(v).float().mean()) if v else math.nan for t, v in losses.items()}
+                bar.set_postfix(loss=f"{loss.item() * world.size:.3f}", task=part.task.value)  # DDP: an estimate
+    means = {t.value: float(world.sum(torch.stack(v)).float().mean()) if v else math.nan for t, v in losses.items()}
     if not all(math.isfinite(v) for v in means.values()):
         raise FloatingPointError(f"epoch {epoch}: training loss is not finite ({means}); lower train.lr")
     return means, samples, time.perf_counter() - start
@@ -260,10 +314,11 @@ def run_epoch(model: ELMRec, optimizer: torch.optim.Optimizer, parts: list[TaskE
 # ---------------------------------------------------------------- the loop
 
 
-def write_history(run: RunPaths, state: TrainState, device: Device, settings: Settings, finished: bool) -> None:
+def write_history(run: RunPaths, state: TrainState, device: Device, settings: Settings, finished: bool,
+                  world: World = ONE_PROCESS) -> None:
     seconds = sum(r["seconds"] for r in state.history)
     summary = {"epochs": state.history, "best_epoch": state.best_epoch, "best_valid_loss": state.best_valid_loss,
-               "pretrained": state.pretrained, "device": device.describe(), "finished": finished,
+               "pretrained": state.pretrained, "device": _where(device, world), "finished": finished,
                "stopped_early": finished and state.epoch < settings.train.max_epochs,
                "samples_per_s": sum(r["samples"] for r in state.history) / seconds if seconds else 0.0,
                "max_epochs": settings.train.max_epochs, "patience": settings.train.patience,
@@ -279,42 +334,74 @@ def train(settings: Settings, paths: WorkPaths, resume: bool = False,
     starts a new one); resume=False always starts a new attempt (a retrain).
 
     `on_epoch` is called after each newly trained epoch, once its outputs are on disk (in attempt/).
+
+    Inside a process group (elmrec.distributed.main, under torchrun) this is one process of a DDP training: every
+    process runs it; rank 0 alone touches the files (and calls `on_epoch`), the others load what it resumes.
     """
-    unsupported = [t.value for t in settings.train.tasks if t not in TASK_STREAM]
-    if unsupported:
-        raise ValueError(f"training supports the tasks {[t.value for t in TASK_STREAM]}, not {unsupported}")
+    check_tasks(settings)
+    world = World.current()
     run, cfg = paths.run(settings), settings.train
-    if is_finished(run.attempt):  # a promotion was interrupted: complete it before anything else
+    if world.main and is_finished(run.attempt):  # a promotion was interrupted: complete it before anything else
         promote(run)
     device = Device.resolve(cfg.device, cfg.precision)
     data = TrainData.load(paths)
     model, pretrained = build_model(settings, data, device)
     optimizer = make_optimizer(model, settings)
-    state = attempt_state(run, model, optimizer, TrainState(fingerprint(settings), pretrained), resume)
+    fresh = TrainState(fingerprint(settings), pretrained)
+    state = attempt_state(run, model, optimizer, fresh, resume) if world.main else fresh
+    if world.from_main(state is not fresh) and not world.main:  # rank 0 resumes attempt/: every process does
+        state = load_last(run.attempt.last, model, optimizer)
     log.info("training %s on %s: %d users, %d items, tasks %s, pretrained T5: %s", run.root.name,
-             device.describe(), data.n_users, data.n_items, [t.value for t in model.tasks], state.pretrained)
+             _where(device, world), data.n_users, data.n_items, [t.value for t in model.tasks], state.pretrained)
     if not state.done(cfg.max_epochs, cfg.patience):
-        fit(model, optimizer, load_tokenizer(settings.model), data, settings, state, run.attempt, device, on_epoch)
-    write_history(run.attempt, state, device, settings, finished=True)
-    promote(run)
+        fit(model, optimizer, load_tokenizer(settings.model), data, settings, state, run.attempt, device, on_epoch,
+            world)
+    if world.main:
+        write_history(run.attempt, state, device, settings, finished=True, world=world)
+        promote(run)
+    world.barrier()  # no process returns before the training is promoted
     if state.epoch < cfg.max_epochs:
         log.info("early stop after epoch %d: %d non-improving epochs (%s)", state.epoch, state.stale,
                  cfg.early_stopping)
     log.info("best epoch %d (valid loss %.4f) -> %s", state.best_epoch, state.best_valid_loss, run.checkpoint)
-    return _result(state, device, run, settings)
+    return _result(state, _where(device, world), run, settings)
 
 
-def _result(state: TrainState, device: Device, run: RunPaths, settings: Settings) -> TrainResult:
+def check_tasks(settings: Settings) -> None:
+    """ValueError unless training supports every task of settings.train.tasks."""
+    unsupported = [t.value for t in settings.train.tasks if t not in TASK_STREAM]
+    if unsupported:
+        raise ValueError(f"training supports the tasks {[t.value for t in TASK_STREAM]}, not {unsupported}")
+
+
+def _where(device: Device, world: World) -> str:
+    return device.describe() + (f" x {world.size} processes" if world.distributed else "")
+
+
+def _result(state: TrainState, where: str, run: RunPaths, settings: Settings) -> TrainResult:
     return TrainResult([EpochRecord(**r) for r in state.history], state.best_epoch, state.best_valid_loss,
-                       state.pretrained, device.describe(), state.epoch < settings.train.max_epochs, run)
+                       state.pretrained, where, state.epoch < settings.train.max_epochs, run)
+
+
+def read_result(run: RunPaths) -> TrainResult:
+    """What `train` returned, from the finished training's history.json in `run` (a training run elsewhere:
+    elmrec.distributed)."""
+    history = read_history(run.history)
+    if not history or not history.get("finished"):
+        raise UnfinishedTraining(f"{run.root} holds no finished training (history.json)")
+    return TrainResult([EpochRecord(**r) for r in history["epochs"]], history["best_epoch"],
+                       history["best_valid_loss"], history["pretrained"], history["device"], history["stopped_early"],
+                       run)
 
 
 def fit(model: ELMRec, optimizer: torch.optim.Optimizer, tokenizer: PreTrainedTokenizerBase, data: TrainData,
         settings: Settings, state: TrainState, run: RunPaths, device: Device,
-        on_epoch: Callable[[EpochRecord], None] | None) -> None:
+        on_epoch: Callable[[EpochRecord], None] | None, world: World = ONE_PROCESS) -> None:
     """The epoch loop from state.epoch + 1, writing into `run` (the attempt folder); the next epoch's prompts are
-    encoded while this one trains."""
+    encoded while this one trains. Under DDP every process trains and validates its shares and keeps the same
+    state (the losses are summed over the processes); rank 0 writes the files."""
     cfg = settings.train
+    net = world.wrap(model, find_unused=len(model.tasks) > 1)  # a step trains one task: the other's tables rest
     valid = {task: model.encode(tokenizer, valid_prompts(task, data, settings), task) for task in model.tasks}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="elmrec-encode") as encoder:
         # From here on only this worker thread uses the tokenizer (fast tokenizers are not re-entrant).
@@ -325,17 +412,19 @@ def fit(model: ELMRec, optimizer: torch.optim.Optimizer, tokenizer: PreTrainedTo
                 parts = (pending or encoder.submit(build_epoch, model, tokenizer, data, settings, epoch)).result()
                 pending = (encoder.submit(build_epoch, model, tokenizer, data, settings, epoch + 1)
                            if epoch < cfg.max_epochs else None)
-                train_losses, samples, seconds = run_epoch(model, optimizer, parts, settings, epoch, device)
-                valid_losses = validation_losses(model, valid, cfg.batch_size, device)
+                train_losses, samples, seconds = run_epoch(net, optimizer, parts, settings, epoch, device, world)
+                valid_losses = validation_losses(model, valid, cfg.batch_size, device, world)
                 valid_loss = float(np.mean(list(valid_losses.values())))
                 best = state.update(epoch, valid_loss, cfg.early_stopping)
                 record = EpochRecord(epoch, float(np.mean(list(train_losses.values()))), valid_loss, train_losses,
                                      valid_losses, samples, seconds, samples / seconds if seconds else 0.0, best)
                 state.history.append(asdict(record))
+                if not world.main:
+                    continue  # the next epoch's first gradient reduction waits for rank 0's writes
                 if best:
                     model.save(run.checkpoint)
                 save_last(run.last, model, optimizer, state)
-                write_history(run, state, device, settings, finished=state.done(cfg.max_epochs, cfg.patience))
+                write_history(run, state, device, settings, state.done(cfg.max_epochs, cfg.patience), world)
                 log.info("epoch %d: train %.4f %s, valid %.4f %s%s, %.1f samples/s", epoch, record.train_loss,
                          _fmt(train_losses), valid_loss, _fmt(valid_losses), " (best)" if best else "",
                          record.samples_per_s)

@@ -84,6 +84,7 @@ def test_variants_are_one_setting_away() -> None:
         ({"model": {"alpha": float("nan")}}, "model.alpha", "a finite number"),
         ({"model": {"sigma": float("inf")}}, "model.sigma", "a finite number"),
         ({"train": {"lr": "nan"}}, "train.lr", "a finite number"),
+        ({"train": {"nproc": 0}}, "train.nproc", "greater than or equal to 1"),
     ],
 )
 def test_every_number_is_bounded_and_named(overrides: dict, field: str, problem: str) -> None:
@@ -100,3 +101,13 @@ def test_dataset_must_be_known_to_its_source() -> None:
         settings_for("demo", {"data": {"dataset": "nope", "source": "amazon2014"}})
     assert settings_for("demo", {"data": {"dataset": "nope", "source": "local"}}).data.dataset == "nope"
     assert settings_for("demo", {"data": {"dataset": "toys"}}).data.dataset == "toys"
+
+
+def test_training_processes_need_their_devices_and_a_prompt_each() -> None:
+    assert settings_for("demo", {"train": {"nproc": 2, "devices": [3, 1]}}).train.devices == [3, 1]
+    for train, problem in [({"nproc": 2, "devices": [0]}, r"train.devices: \[0\] must be train.nproc \(2\) distinct"),
+                           ({"nproc": 2, "devices": [1, 1]}, r"train.devices: \[1, 1\] must be"),
+                           ({"devices": [0], "device": "cpu"}, r"train.devices: CUDA device indices need"),
+                           ({"nproc": 4, "batch_size": 3}, r"train.nproc: 4 processes share each batch")]:
+        with pytest.raises(ValidationError, match=problem):
+            settings_for("demo", {"train": train})

@@ -29,6 +29,13 @@ def test_put_moves_every_tensor_of_a_batch() -> None:
     assert moved.keys() == batch.keys() and all(torch.equal(moved[k], batch[k]) for k in batch)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_put_copies_to_cuda_through_pinned_memory() -> None:
+    batch = {"input_ids": torch.arange(6).reshape(2, 3)}
+    moved = Device.resolve("cuda").put(batch)
+    assert moved["input_ids"].is_cuda and torch.equal(moved["input_ids"].cpu(), batch["input_ids"])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_without_cuda_auto_is_cpu_and_cuda_is_an_error() -> None:
     assert Device.resolve("auto", "auto") == Device(torch.device("cpu"), None)

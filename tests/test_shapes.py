@@ -44,7 +44,7 @@ def test_a_local_source_never_shares_the_p5_folders_of_its_dataset_name(tmp_path
 
 def test_settings_that_shape_nothing_change_no_folder(tmp_path: Path) -> None:
     base = settings_for("demo", {"workdir": str(tmp_path)})
-    other = settings_for("demo", {"workdir": str(tmp_path), "train": {"device": "cpu"},
+    other = settings_for("demo", {"workdir": str(tmp_path), "train": {"device": "cpu", "nproc": 4},
                                   "eval": {"batch_size": 7}, "tracking_uri": "sqlite:///x.db",
                                   "model": {"model_mirror": "/elsewhere"}})
     assert [key(base, stage) for stage in UPSTREAM] == [key(other, stage) for stage in UPSTREAM]

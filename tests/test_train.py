@@ -249,11 +249,13 @@ def test_recorded_variant_run_holds_the_training_curve(workdir: Path) -> None:
     assert artifacts == {"train/history.json", "train/loss_curves.png"}
 
 
-def test_micro_batches_give_the_gradient_of_the_whole_batch(workdir: Path) -> None:
+def test_micro_batches_give_the_gradient_of_the_whole_batch(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Slices of 2 prompts, weighted by their share of target tokens, add up to the whole batch's gradient (direct
-    prompts: the LightGCN propagation runs once per slice and its gradients add up too)."""
+    prompts: the LightGCN propagation runs once per step, not per slice, and the gradients of every slice flow
+    back through it)."""
     from transformers.models.t5.modeling_t5 import T5Attention
 
+    import elmrec.model
     from elmrec.device import Device
     from elmrec.pretrained import load_tokenizer
     from elmrec.wholeword import collate
@@ -272,6 +274,10 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch(workdir: Path) -> No
     batch["labels"][[0, 3], 1:] = -100  # targets of 1, 2, 2, 1, 2 tokens: the slices' weights matter
     assert (batch["labels"] != -100).sum(1).tolist() == [1, 2, 2, 1, 2]
 
+    propagations = []
+    propagate = elmrec.model._propagate
+    monkeypatch.setattr(elmrec.model, "_propagate", lambda *args: propagations.append(1) or propagate(*args))
+
     def gradient(micro_batch_size: int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # a step that changes nothing
         loss = training.train_step(model, optimizer, batch, Task.DIRECT, device, micro_batch_size)
@@ -279,6 +285,7 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch(workdir: Path) -> No
 
     whole_loss, whole = gradient(None)
     sliced_loss, sliced = gradient(2)  # slices of 2, 2 and 1 prompts
+    assert len(propagations) == 2  # one per step, three slices or one
     assert torch.allclose(sliced_loss, whole_loss, rtol=1e-6)
     assert whole.keys() == sliced.keys() and "node_table.weight" in whole
     for name, grad in whole.items():
@@ -307,7 +314,7 @@ def scripted(*losses: float):
     """A stand-in for validation_losses giving every task the next scripted loss, one per epoch."""
     remaining = iter(losses)
 
-    def validation(model, valid, batch_size, device) -> dict[str, float]:
+    def validation(model, valid, batch_size, device, *world) -> dict[str, float]:
         loss = next(remaining)
         return {task.value: loss for task in valid}
     return validation
@@ -327,9 +334,9 @@ def test_passes_per_epoch_multiply_the_steps(workdir: Path, monkeypatch) -> None
     steps: list[Task] = []
     original = training.train_step
 
-    def counting(model, optimizer, batch, task, device, micro_batch_size=None):
+    def counting(model, optimizer, batch, task, device, micro_batch_size=None, *share, **scale):
         steps.append(task)
-        return original(model, optimizer, batch, task, device, micro_batch_size)
+        return original(model, optimizer, batch, task, device, micro_batch_size, *share, **scale)
 
     monkeypatch.setattr(training, "train_step", counting)
     settings = tiny_settings(workdir, max_epochs=1, passes_per_epoch=3)
@@ -393,3 +400,31 @@ def test_evaluation_refuses_an_unfinished_training_unless_asked(workdir: Path) -
     with pytest.raises(UnfinishedTraining, match=r"epoch 1 of 2 done.*allow_unfinished"):
         checkpoint_to_evaluate(folder)
     assert checkpoint_to_evaluate(folder, allow_unfinished=True) == folder.attempt.checkpoint
+
+
+def test_attention_kernel_and_compile_are_how_training_runs_not_what_it_computes(workdir: Path) -> None:
+    """`train.attention` picks T5's kernel (eager and SDPA give the same loss up to rounding), `train.compile`
+    compiles T5 in place; neither changes the run's folder, so a training may resume with either."""
+    from elmrec.device import Device
+    from elmrec.pretrained import load_tokenizer
+    from elmrec.wholeword import collate
+
+    settings = tiny_settings(workdir)
+    data, device = TrainData.load(WorkPaths.from_settings(settings)), Device.resolve("cpu", "fp32")
+    losses = {}
+    for attention in ("sdpa", "eager"):
+        other = tiny_settings(workdir, attention=attention)
+        model, _ = training.build_model(other, data, device)
+        assert model.t5.config._attn_implementation == attention
+        model.eval()
+        prompts = training.epoch_prompts(Task.SEQUENTIAL, data, settings, epoch=1)[:4]
+        batch = collate(model.encode(load_tokenizer(settings.model), prompts, Task.SEQUENTIAL), np.arange(4))
+        with torch.no_grad():
+            losses[attention] = float(model(batch["input_ids"], batch["ww_ids"], batch["attention_mask"],
+                                            Task.SEQUENTIAL, labels=batch["labels"]).loss)
+        assert WorkPaths.from_settings(other).run(other).root == WorkPaths.from_settings(settings).run(settings).root
+    assert losses["eager"] == pytest.approx(losses["sdpa"], rel=1e-5)
+    compiled = tiny_settings(workdir, compile=True)
+    model, _ = training.build_model(compiled, data, device)  # compiling happens at the first call, not here
+    assert model.t5._compiled_call_impl is not None and "node_table.weight" in model.state_dict()
+    assert WorkPaths.from_settings(compiled).run(compiled).root == WorkPaths.from_settings(settings).run(settings).root

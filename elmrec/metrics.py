@@ -173,6 +173,21 @@ def tracked_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
             for metric, value in values.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
+def task_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
+    """Each task's metrics under a name without the decoder, `test/sequential/hr_at_10`, from the task's first
+    decoder in metrics.json (the canonical order puts the exact or constrained decoder first: score, then beam;
+    constrained, then rerank): one row in MLflow's compare view for models and baselines alike, whose decoders
+    differ (a baseline ranks every item by its score; ELMRec's sequential task decodes over the item trie)."""
+    out = {}
+    for task, by_decoder in metrics.items():
+        first = next((values for values in by_decoder.values() if isinstance(values, Mapping)), None) \
+            if isinstance(by_decoder, Mapping) else None
+        for metric, value in (first or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out["/".join((split, task, metric.replace("@", TRACKED_AT)))] = float(value)
+    return out
+
+
 def untracked_metrics(tracked: Mapping[str, float], split: str) -> dict[str, dict[str, dict[str, float]]]:
     """The inverse of `tracked_metrics`: a run's MLflow metrics back to {task: {decoder: {metric: value}}};
     names of another split or shape (losses, headline metrics) are left out."""

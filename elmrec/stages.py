@@ -110,13 +110,46 @@ def outputs(settings: Settings, stage: str) -> list[Path]:
     }[stage]
 
 
-def missing_upstream(settings: Settings, stage: str | Stage) -> tuple[Path, str] | None:
-    """The first input `stage` needs that is absent, with the stage that writes it; None if all exist."""
+class MissingUpstream(RuntimeError):
+    """A stage asked to run without the output of a stage before it (which is not asked to run)."""
+
+
+def missing_upstream(settings: Settings, stage: str | Stage, running: Iterable[str] = (),
+                     allow_unfinished: bool = False) -> tuple[Path, str] | None:
+    """The first input `stage` needs that is absent, with the stage that writes it; None if all exist. Inputs of
+    the stages in `running` (they run first) do not count, nor a finished model when `allow_unfinished` and an
+    unfinished training is there (its best model so far will do)."""
     name = stage.value if isinstance(stage, Stage) else stage
     for path, producer in inputs(settings, name):
-        if producer != name and not path.exists():
-            return path, producer
+        if producer == name or producer in running or path.exists():
+            continue
+        if producer == "train" and allow_unfinished and WorkPaths.from_settings(settings).run(
+                settings).attempt.checkpoint.is_dir():
+            continue
+        return path, producer
     return None
+
+
+def check_upstream(settings: Settings, stage: str | Stage, running: Iterable[str] = (),
+                   allow_unfinished: bool = False) -> None:
+    """MissingUpstream naming the missing input and the stage to run first, as `elmrec task` words it."""
+    if missing := missing_upstream(settings, stage, set(running), allow_unfinished):
+        path, producer = missing
+        raise MissingUpstream(f"{path} is missing; run `elmrec task {producer}` first (same options)")
+
+
+def check_stages(data: Iterable[Settings], variants: Iterable[Settings], stages: Iterable[Stage],
+                 allow_unfinished: bool = False) -> None:
+    """Before a flow runs `stages`: MissingUpstream for the first input one of them needs that is neither there
+    nor written by another of them. `data`: one settings per distinct data output (the data stages and the
+    baselines run on each); `variants`: the models' settings (train, evaluate)."""
+    running = {stage.value for stage in stages}
+    per_data = [s for s in ("download", "preprocess", "graph", "baselines")
+                if s in running or (s == "baselines" and "evaluate" in running)]  # baselines: the evaluate stage's
+    per_variant = [s for s in ("train", "evaluate") if s in running]
+    for settings, names in [(each, per_data) for each in data] + [(each, per_variant) for each in variants]:
+        for name in names:
+            check_upstream(settings, name, running, allow_unfinished)
 
 
 def outputs_exist(settings: Settings, stage: str) -> bool:

@@ -1,12 +1,13 @@
-"""MLflow tracking: the one module that imports mlflow.
+"""MLflow tracking: with elmrec.registry (the logged model that recommends), the only modules that import mlflow.
 
 The store defaults to SQLite under the work dir (`sqlite:///<workdir>/mlflow.db`) with artifacts in
 `<workdir>/mlartifacts`, both absolute, so runs started from any folder land in the same place. A fresh SQLite
 store is created under a lock (two runs starting at once would race MLflow's schema migrations), and every run
 records the process that owns it, so `fail_orphaned_runs` can close the runs of processes that died.
 
-The experiment is marked as classic model development (`mlflow.experimentKind`), so MLflow 3's UI opens it on
-the runs table rather than the GenAI overview. Runs may be created with the real start time of the work they
+The experiment is marked as classic model development (`mlflow.experimentKind`), and every link this project
+prints asks for the classic view (`?workflowType=machine_learning`): MLflow 3.17's UI otherwise opens a fresh
+browser on the GenAI overview, whatever the tag says. Runs may be created with the real start time of the work they
 record (`start_ms`) and closed with its end (`end_ms`); `span` turns stage records into those times.
 """
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "elmrec"
 OWNER_TAGS = ("elmrec.host", "elmrec.pid", "elmrec.pid_start")  # the process that runs an MLflow run
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on the runs table
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # classic model development
+CLASSIC_VIEW = "workflowType=machine_learning"  # in a link: MLflow 3.17's UI shows runs, not the GenAI overview
 DESCRIPTION_TAG = "mlflow.note.content"  # a run's description (markdown) in the MLflow UI
 DATASET_CONTEXT_TAG = "mlflow.data.context"  # what a run's input dataset was used for
 # Tags and artifacts the pipeline writes (tasks.tracking) and reports read (elmrec.compare)
@@ -237,11 +239,14 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
-def run_url(settings: Settings, run_id: str) -> str:
-    """The run's address in an MLflow UI started on this store (`elmrec ui`, default port 5000)."""
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `elmrec ui` serves this store when the port is free
+
+
+def run_url(settings: Settings, run_id: str, ui: str = DEFAULT_UI) -> str:
+    """The run's address in the MLflow UI at `ui` (the app layer knows the port a running UI took)."""
     configure(settings)
     experiment_id = mlflow.get_run(run_id).info.experiment_id
-    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC_VIEW}"
 
 
 def find_runs(settings: Settings, filter_string: str = "") -> list[dict[str, Any]]:

@@ -112,7 +112,8 @@ def sweep(
     for point in done:  # one child run per point: test metrics, then valid metrics into the same run
         label = data_label(settings, point.settings)
         report[point.name] = record_variant_task(point.on_split(REPORT_SPLIT), parent, point.name, label)
-        select[point.name] = record_variant_task(point.on_split(SELECT_SPLIT), parent, point.name, label)
+        select[point.name] = record_variant_task(point.on_split(SELECT_SPLIT), parent, point.name, label,
+                                                 training=False)
     best = best_points(select, report, metric)
     create_markdown_artifact(best_markdown(best, select, metric, failed), key=BEST_ARTIFACT,
                              description="elmrec sweep: the best point per task (chosen on valid, reported on test)")

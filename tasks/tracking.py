@@ -11,6 +11,10 @@ Runs are named for people (`demo · beauty · elmrec+pod`, `popularity · beauty
 `elmrec.checkpoint_reused` and `elmrec.checkpoint` (variants). A child spans the stage records of the work
 behind its metrics: train start (or evaluate start, when the checkpoint was trained before this flow run) to
 evaluate end; a baseline child spans the baselines stage.
+
+A variant's finished model is logged into its child run as an MLflow model that recommends (elmrec.registry:
+`runs:/<child>/model`) and registered as `elmrec-<dataset>`, its version tagged with the variant, recommender,
+child run and data setting; a checkpoint registered before keeps its version (`register_models=false`: none).
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import deployment, flow_run
 
-from elmrec import plots, tracking
+from elmrec import plots, registry, tracking
+from elmrec.app.serve import mlflow_ui_url
+from elmrec.checkpoint import is_finished
 from elmrec.config import Settings, settings_for
-from elmrec.metrics import SCORE_DECODER, tracked_metrics
+from elmrec.metrics import SCORE_DECODER, task_metrics, tracked_metrics
 from elmrec.paths import METRICS_FILE, WorkPaths, ensure_writable, remove_stale_temporaries
 from elmrec.report import TABLE_METRICS, Row, comparison_table, headline_metrics, summary_markdown, table_columns
 from elmrec.stages import read_record
 from elmrec.tracking import DATA_TAG, FLOW_RUN_TAG, MODEL_TAG, OWN_DATA, ROLE_TAG, STATS_ARTIFACT
+from tasks.parameters import run_settings
 
 SPLIT_CONTEXTS = {"train": "training", "valid": "validation", "test": "evaluation"}  # MLflow dataset contexts
 NOT_BASELINE_SETTINGS = {"model", "train", "sasrec", "lightgcn"}  # settings that do not shape a baseline
@@ -50,14 +57,15 @@ def flow_run_name() -> str:
 
 
 def run_parameters(default_preset: str) -> tuple[str, str, dict[str, Any]]:
-    """(preset, dataset, parameters) of the flow run being named ("?" for a dataset bad settings hide)."""
+    """(preset, dataset, parameters) of the flow run being named ("?" for a dataset bad settings hide); the
+    parameters' overrides and variants are the run's own (tasks.parameters: the typed form, rerun_of)."""
     parameters = dict(flow_run.parameters or {})
-    preset = str(parameters.get("preset") or default_preset)
     try:
-        dataset = settings_for(preset, parameters.get("overrides")).data.dataset
-    except ValueError:  # bad settings: the flow itself reports them
-        dataset = "?"
-    return preset, dataset, parameters
+        chosen = run_settings(parameters, deployment.id if parameters.get("rerun_of") else None, default_preset)
+        parameters.update(overrides=chosen.overrides, variants=chosen.variants)
+        return chosen.preset, settings_for(chosen.preset, chosen.overrides).data.dataset, parameters
+    except ValueError:  # bad settings or rerun_of: the flow itself reports them
+        return str(parameters.get("preset") or default_preset), "?", parameters
 
 
 def child_name(name: str, settings: Settings, data_setting: str = "") -> str:
@@ -111,9 +119,11 @@ def record_data_task(settings: Settings, parent_run_id: str, setting: str = "") 
 
 
 @task(name="record-variant", cache_policy=NO_CACHE)
-def record_variant_task(settings: Settings, parent_run_id: str, variant: str, data_setting: str = "") -> dict[str, Any]:
+def record_variant_task(settings: Settings, parent_run_id: str, variant: str, data_setting: str = "",
+                        training: bool = True) -> dict[str, Any]:
     """One child run per variant: settings, training curves, evaluation metrics, predictions, plots; returns
-    its metrics.json ({} before evaluation). `data_setting` labels data other than the run's own."""
+    its metrics.json ({} before evaluation). `data_setting` labels data other than the run's own.
+    training=False records the evaluation only (a second split's metrics into the same child: the sweep)."""
     run = WorkPaths.from_settings(settings).run(settings)
     train, evaluate = read_record(settings, "train"), read_record(settings, "evaluate")
     since = tracking.started_ms(settings, parent_run_id) // 1000 * 1000  # stage records keep whole seconds
@@ -127,7 +137,7 @@ def record_variant_task(settings: Settings, parent_run_id: str, variant: str, da
     log = tracking.RunLog(child)
     log.settings(settings)
     metrics: dict[str, Any] = {}
-    if run.history.is_file():
+    if training and run.history.is_file():
         history = json.loads(run.history.read_text())
         log.params({"pretrained": history.get("pretrained"), "device": history.get("device"),
                     "best_epoch": history.get("best_epoch")})
@@ -144,7 +154,13 @@ def record_variant_task(settings: Settings, parent_run_id: str, variant: str, da
     if (evaluation / METRICS_FILE).is_file():
         metrics = json.loads((evaluation / METRICS_FILE).read_text())
         log.metrics(tracked_metrics(metrics, settings.eval.split))  # test/<task>/<decoder>/<metric>
+        log.metrics(task_metrics(metrics, settings.eval.split))  # test/<task>/<metric>: its first decoder
         log.artifact(evaluation, artifact_dir=f"eval/{settings.eval.split}")
+    if training and settings.register_models and is_finished(run) and run.checkpoint.is_dir():
+        version = registry.log_model(settings, child, {"elmrec.variant": variant, "elmrec.recommender":
+                                                       settings.recommender, "elmrec.child_run": child,
+                                                       DATA_TAG: data_setting or OWN_DATA})
+        get_run_logger().info("%s: the trained model is models:/%s/%s", variant, version.name, version.version)
     tracking.finish(settings, child, end_ms=end)
     return metrics
 
@@ -167,6 +183,7 @@ def record_baselines_task(settings: Settings, parent_run_id: str, data_setting: 
         log = tracking.RunLog(child)
         log.settings(settings, exclude=NOT_BASELINE_SETTINGS, recommender=baseline)
         log.metrics(tracked_metrics(values, settings.eval.split))  # test/<task>/<decoder>/<metric>
+        log.metrics(task_metrics(values, settings.eval.split))  # test/<task>/<metric>, as the models' children
         log.artifact_text(json.dumps(values, indent=2, sort_keys=True) + "\n", METRICS_FILE)
         tracking.finish(settings, child, end_ms=end)
     return metrics
@@ -189,7 +206,8 @@ def summarize_task(settings: Settings, parent_run_id: str, stats: dict[str, dict
                     for row in rows for t, decoder in table_columns([row]) if t == task_name}
             log.artifact(plots.metrics_by_variant(bars, Path(tmp) / f"metrics_{task_name}.png",
                                                   f"{task_name} ({settings.eval.split})"), artifact_dir="plots")
-    markdown = summary_markdown(settings, stats, rows, tracking.run_url(settings, parent_run_id))
+    ui = mlflow_ui_url(settings.workdir) or tracking.DEFAULT_UI  # the port `elmrec serve --ui` took, if it runs
+    markdown = summary_markdown(settings, stats, rows, tracking.run_url(settings, parent_run_id, ui))
     log.artifact_text(markdown, "comparison.md")
     log.artifact_text(json.dumps(stats, indent=1, sort_keys=True) + "\n", STATS_ARTIFACT)
     log.metrics(headline_metrics(rows, settings.eval.split))  # <row>/test/<task>/<decoder>/hr_at_10, ndcg_at_10
@@ -201,7 +219,12 @@ def summarize_task(settings: Settings, parent_run_id: str, stats: dict[str, dict
 
 def mark_parent_failed(flow: Any, run: Any, state: Any) -> None:
     """Flow on_failure hook: the parent MLflow run of a failed flow run is marked FAILED, not left RUNNING."""
-    params = dict(run.parameters or {})
-    settings = settings_for(params.get("preset", "demo"), params.get("overrides"))
+    try:
+        chosen = run_settings(dict(run.parameters or {}), run.deployment_id)
+        settings = settings_for(chosen.preset, chosen.overrides)
+    except ValueError:  # settings that never validated: no parent run was opened
+        return
+    if settings.tracking_uri is None and not (settings.workdir / "mlflow.db").is_file():
+        return  # failed before the MLflow store was made (a missing upstream output): no parent run to mark
     for found in tracking.find_runs(settings, f"tags.`{FLOW_RUN_TAG}` = '{run.id}' and tags.`{ROLE_TAG}` = 'parent'"):
         tracking.finish(settings, found["run_id"], status="FAILED")

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from elmrec.config import Settings
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA_MIRROR = SHARED / "data"
 T5_SMALL = SHARED / "t5-small"
@@ -58,3 +60,44 @@ def real_mirror() -> Path:
     if not (DATA_MIRROR / "beauty" / "sequential.txt").is_file():
         pytest.skip(f"real data mirror not found at {DATA_MIRROR}")
     return DATA_MIRROR
+
+
+RUN_HISTORIES = {1: [1, 2, 3, 4, 5], 2: [2, 6, 7, 1], 3: [8, 3, 2, 6, 4, 1], 4: [5, 7, 8]}  # over items 1..10
+
+
+def trained_run(root: Path, recommender: str = "elmrec") -> Settings:
+    """Settings of a finished training (one epoch, the real train stage) of `recommender` on RUN_HISTORIES over
+    10 items, after the real data stages, under `root`: few enough items that a history item would often top a
+    ranking if it were not excluded."""
+    from elmrec.config import deep_merge, settings_for
+    from elmrec.data.download import download
+    from elmrec.data.preprocess import preprocess
+    from elmrec.graph import build_graph
+    from elmrec.paths import WorkPaths
+    from elmrec.recommenders import train_recommender
+
+    raw = write_p5(root / "raw", RUN_HISTORIES, n_items=10)
+    overrides = deep_merge(tiny_pipeline(raw, root / "work"), {
+        "recommender": recommender, "data": {"n_negatives": 3}, "train": {"device": "cpu"},
+        "sasrec": {"max_epochs": 1, "dim": 8, "max_len": 4}, "lightgcn": {"max_epochs": 1, "dim": 8}})
+    settings = settings_for("demo", overrides)
+    paths = WorkPaths.from_settings(settings)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if not paths.graph.adjacency.is_file():
+            download(settings.data, paths.raw, None)
+            preprocess(settings.data, settings.seed, paths.raw, paths.data)
+            build_graph(paths.data, paths.graph)
+        train_recommender(settings, paths)
+    finally:
+        torch.set_num_threads(before)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A finished ELMRec training on 4 users x 10 items (trained_run), shared by the tests that use a model."""
+    if not (T5_SMALL / "spiece.model").is_file():
+        pytest.skip(f"needs the t5-small tokenizer at {T5_SMALL}")
+    return trained_run(tmp_path_factory.mktemp("tiny-run"))

@@ -28,7 +28,7 @@ def recorded_flow_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]
     """A flow that records its parameters instead of running, with every stage's inputs present."""
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(cli, "load_flow", lambda: lambda **kwargs: calls.append(kwargs))
-    monkeypatch.setattr(cli, "missing_upstream", lambda settings, stage: None)
+    monkeypatch.setattr(cli, "check_upstream", lambda *args, **kwargs: None)
     return calls
 
 
@@ -96,7 +96,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path: Path, monkeypatch: pyte
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "load_flow", lambda: interrupted)
-    monkeypatch.setattr(cli, "missing_upstream", lambda settings, stage: None)
+    monkeypatch.setattr(cli, "check_upstream", lambda *args, **kwargs: None)
     assert main(["task", "train", "--workdir", str(tmp_path)]) == 130
     assert last_line(capsys.readouterr().err) == (
         "error: interrupted; rerun the same command to resume (training continues from its last saved epoch)")
@@ -107,7 +107,7 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path: Path, monkeypatch: py
         raise KeyError("a bug")
 
     monkeypatch.setattr(cli, "load_flow", lambda: broken)
-    monkeypatch.setattr(cli, "missing_upstream", lambda settings, stage: None)
+    monkeypatch.setattr(cli, "check_upstream", lambda *args, **kwargs: None)
     with pytest.raises(KeyError, match="a bug"):
         main(["task", "train", "--workdir", str(tmp_path)])
 
@@ -188,7 +188,7 @@ def test_task_runs_on_the_server_of_a_running_serve(tmp_path: Path, monkeypatch:
     seen = []
     monkeypatch.setattr(cli, "load_flow", lambda: lambda **kwargs: seen.append(
         {name: os.environ.get(name) for name in PREFECT_VARIABLES}))
-    monkeypatch.setattr(cli, "missing_upstream", lambda settings, stage: None)
+    monkeypatch.setattr(cli, "check_upstream", lambda *args, **kwargs: None)
     assert main(["task", "preprocess", "--workdir", str(tmp_path)]) == 0
     assert seen == [{"PREFECT_API_URL": "http://127.0.0.1:4321/api", "PREFECT_HOME": str(paths.home),
                      "PREFECT_LOCAL_STORAGE_PATH": str(paths.home / "storage")}]
@@ -205,16 +205,35 @@ def test_the_summary_links_the_ui_of_a_lasting_prefect_server(tmp_path: Path, mo
                                    {}, "test")
     found = [evaluated, compare.Comparison(parent, [Row("elmrec", {})], {}, "test")]
     monkeypatch.setattr(compare, "comparison", lambda settings, run: found.pop(0))
-    monkeypatch.setattr(tracking, "run_url", lambda settings, run_id: f"http://mlflow/{run_id}")
+    monkeypatch.setattr(tracking, "run_url", lambda settings, run_id, ui: f"{ui}/#/runs/{run_id}")
     settings = settings_for("demo", {"workdir": str(tmp_path)})
     cli.print_summary(settings, {"mlflow_run_id": "abc"}, "http://127.0.0.1:4200")
     assert capsys.readouterr().out == (f"\ndemo · tiny · elmrec (test)\n\n{evaluated.markdown()}\n\n"
-                                       "MLflow:  http://mlflow/abc  (open with: elmrec ui)\n"
+                                       "MLflow:  http://127.0.0.1:5000/#/runs/abc  (open with: elmrec ui)\n"
                                        "Prefect: http://127.0.0.1:4200/runs/flow-run/f-1\n")
     cli.print_summary(settings, {"mlflow_run_id": "abc"}, None)  # `elmrec task preprocess`, temporary server
     assert capsys.readouterr().out == ("\ndemo · tiny · elmrec (test)\n\nNo evaluation in this run.\n\n"
-                                       "MLflow:  http://mlflow/abc  (open with: elmrec ui)\n"
+                                       "MLflow:  http://127.0.0.1:5000/#/runs/abc  (open with: elmrec ui)\n"
                                        "Prefect: a temporary server, gone (`elmrec serve` keeps flow runs in a UI)\n")
+
+
+def test_the_summary_links_the_mlflow_ui_of_serve_on_the_port_it_took(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from elmrec import compare, tracking
+    from elmrec.report import Row
+
+    paths = ServePaths.under(tmp_path)
+    paths.home.mkdir(parents=True)
+    me = Proc.of(os.getpid())  # a live process stands for the UI
+    ServeState(4321, "http://127.0.0.1:4321/api", "/checkout", me, me, me, 5003).save(paths.state)
+    parent = {"name": "demo · tiny · elmrec", "run_id": "abc", "tags": {"prefect.flow_run_id": "f-1"}}
+    monkeypatch.setattr(compare, "comparison", lambda settings, run: compare.Comparison(
+        parent, [Row("elmrec", {})], {}, "test"))
+    monkeypatch.setattr(tracking, "run_url", lambda settings, run_id, ui: f"{ui}/#/runs/{run_id}")
+    cli.print_summary(settings_for("demo", {"workdir": str(tmp_path)}), {"mlflow_run_id": "abc"},
+                      "http://127.0.0.1:4321")
+    assert "MLflow:  http://127.0.0.1:5003/#/runs/abc\nPrefect: http://127.0.0.1:4321/runs/flow-run/f-1\n" in \
+        capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +251,17 @@ def tiny_config(tmp_path: Path, histories: dict[int, list[int]], extra_line: str
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_pipeline(raw, tmp_path / "work")))
     return config
+
+
+@pytest.mark.slow
+def test_run_of_a_stage_without_its_inputs_is_the_line_task_gives(tmp_path: Path, tiny_histories, prefect_harness,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = tiny_config(tmp_path, tiny_histories)  # the flow checks before any task runs, as `elmrec task` does
+    assert main(["run", "--config", str(config), "--stages", "graph", "evaluate"]) == 2
+    line = last_line(capsys.readouterr().err)
+    assert line.startswith("error: ") and "rerun_of" not in line and (
+        "interactions.parquet is missing; run `elmrec task preprocess` first (same options) (traceback in") in line
+    assert not (tmp_path / "work" / "mlflow.db").exists()  # nothing was opened in MLflow
 
 
 @pytest.mark.slow

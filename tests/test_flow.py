@@ -74,6 +74,16 @@ def test_flow_runs_every_stage_caches_reruns_and_records_mlflow(overrides: dict[
     assert set(second["evaluate"]) == {"Completed"} and set(second["baselines"]) == {"Completed"}
     assert again.result()["results"]["elmrec"] == result["results"]["elmrec"]  # same model, same metrics
 
+    # Each trained model is registered once (elmrec.registry), tagged with its variant and first child run.
+    import mlflow
+
+    versions = mlflow.MlflowClient().search_model_versions("name = 'elmrec-tiny'")
+    assert sorted((v.tags["elmrec.variant"], str(v.version)) for v in versions) == [("elmrec", "1"), ("pod", "2")]
+    assert next(v for v in versions if str(v.version) == "1").run_id == elmrec_child["run_id"]
+    latest = [r for r in tracking.find_runs(settings) if r["tags"].get("mlflow.parentRunId") == again.result()[
+        "mlflow_run_id"] and r["tags"].get("elmrec.model") == "elmrec"]
+    assert [r["tags"]["elmrec.registered_model"] for r in latest] == ["models:/elmrec-tiny/1"]
+
 
 @pytest.mark.slow
 def test_bad_parameters_fail_before_any_work(tmp_path: Path, prefect_harness) -> None:
@@ -110,9 +120,12 @@ def test_ablation_deployment_variants_share_one_parent_and_train_shared_checkpoi
                 [(v, shuffled if v == "shuffled_ids" else leaky if v == "leaky_graph" else own) for v in variants]
                 + [(b, data) for b in ("popularity", "random", "id_order") for data in (own, shuffled, leaky)]]
     assert sorted(r["name"] for r in children) == sorted(expected)
-    for child in children:  # every model and baseline carries the same metric names
-        assert {"test/direct/score/hr_at_10", "test/sequential/constrained/hr_at_10"} <= set(child["metrics"]) or \
-            {"test/direct/score/hr_at_10", "test/sequential/score/hr_at_10"} <= set(child["metrics"]), child["name"]
+    for child in children:  # every model and baseline carries the same metric names, decoder-free ones too
+        metrics = child["metrics"]
+        sequential = "constrained" if "test/sequential/constrained/hr_at_10" in metrics else "score"
+        assert "test/direct/score/hr_at_10" in metrics and f"test/sequential/{sequential}/hr_at_10" in metrics
+        assert metrics["test/direct/hr_at_10"] == metrics["test/direct/score/hr_at_10"], child["name"]
+        assert metrics["test/sequential/hr_at_10"] == metrics[f"test/sequential/{sequential}/hr_at_10"], child["name"]
     params = {r["tags"]["elmrec.model"]: r["params"] for r in children if r["tags"]["elmrec.role"] == "variant"}
     assert params["paper_decoding"]["eval.direct_decoders"] == '["score", "beam"]'
     assert params["elmrec"]["eval.direct_decoders"] == '["score"]'

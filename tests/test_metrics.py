@@ -17,6 +17,7 @@ from elmrec.metrics import (
     rank_by_scores,
     rank_of,
     ranking_metrics,
+    task_metrics,
     tracked_metrics,
     tracked_name,
     untracked_metrics,
@@ -115,3 +116,7 @@ def test_tracked_metric_names_carry_task_and_decoder() -> None:
     back = {"direct": {"score": {"hr@10": 0.25, "n_users": 4.0}, "beam": {"hr@10": 0.5}},
             "sequential": {"constrained": {"ndcg@5": 0.125}}}
     assert untracked_metrics({**tracked, "valid_loss": 3.0, "valid/direct/score/hr_at_10": 0.1}, "test") == back
+    # without the decoder: each task's first one (score before beam), for one row per task in MLflow's compare view
+    assert task_metrics(model, "test") == {"test/direct/hr_at_10": 0.25, "test/direct/n_users": 4.0,
+                                           "test/sequential/ndcg_at_5": 0.125}
+    assert untracked_metrics(task_metrics(model, "test"), "test") == {}

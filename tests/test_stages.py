@@ -1,15 +1,25 @@
 """A stage is up to date only while the fingerprint recorded beside its output matches today's."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from elmrec.config import Settings, settings_for
+from elmrec.config import Settings, Stage, settings_for
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.paths import WorkPaths
-from elmrec.stages import RECORD, fingerprint, missing_upstream, read_record, recording, up_to_date
+from elmrec.stages import (
+    RECORD,
+    MissingUpstream,
+    check_stages,
+    fingerprint,
+    missing_upstream,
+    read_record,
+    recording,
+    up_to_date,
+)
 from tests.conftest import write_p5
 
 
@@ -71,3 +81,24 @@ def test_missing_upstream_names_the_stage_to_run_first(local: Settings) -> None:
     assert missing_upstream(local, "download") is None  # its inputs are the user's own files
     assert missing_upstream(local, "preprocess") == (paths.raw, "download")
     assert missing_upstream(local, "evaluate") == (paths.data.interactions, "preprocess")
+
+
+def test_a_flow_checks_the_inputs_of_the_stages_it_runs_before_any_of_them(local: Settings) -> None:
+    paths = WorkPaths.from_settings(local)
+    check_stages([local], [local], list(Stage))  # every stage: each one's inputs come from the one before
+    check_stages([local], [local], [Stage.DOWNLOAD, Stage.PREPROCESS])
+    raw = re.escape(str(paths.raw))  # the message as `elmrec task` words it
+    with pytest.raises(MissingUpstream, match=rf"^{raw} is missing; run `elmrec task download` first \(same options\)"):
+        check_stages([local], [local], [Stage.PREPROCESS, Stage.GRAPH])
+    with pytest.raises(MissingUpstream, match=r"interactions\.parquet is missing; run `elmrec task preprocess`"):
+        check_stages([local], [local], [Stage.EVALUATE])  # the baselines' data first
+    run_download(local)
+    check_stages([local], [local], [Stage.PREPROCESS, Stage.GRAPH, Stage.TRAIN, Stage.EVALUATE])
+    preprocess(local.data, local.seed, paths.raw, paths.data)
+    with pytest.raises(MissingUpstream, match=r"adjacency\.npz is missing; run `elmrec task graph`"):
+        check_stages([local], [local], [Stage.TRAIN])
+    attempt = paths.run(local).attempt.checkpoint
+    with pytest.raises(MissingUpstream, match="checkpoint is missing; run `elmrec task train`"):
+        check_stages([local], [local], [Stage.GRAPH, Stage.EVALUATE])
+    attempt.mkdir(parents=True)  # an unfinished training: enough when asked to evaluate it anyway
+    check_stages([local], [local], [Stage.GRAPH, Stage.EVALUATE], allow_unfinished=True)

@@ -140,6 +140,7 @@ def test_a_2x2_sweep_on_a_local_dask_cluster_records_a_child_per_point_and_the_b
 
     # what each point wrote, read back from its own folders
     on_disk: dict[str, dict[str, Any]] = {"valid": {}, "test": {}}
+    point_settings = {point.name: point.settings for point in expand(settings_for("demo", overrides), grid)}
     for point in expand(settings_for("demo", overrides), grid):
         for split in on_disk:
             settings = point.on_split(split)
@@ -168,6 +169,10 @@ def test_a_2x2_sweep_on_a_local_dask_cluster_records_a_child_per_point_and_the_b
         for split in ("valid", "test"):
             assert child["metrics"][tracked_name(split, "direct", "score", "ndcg@10")] == \
                 on_disk[split][name]["direct"]["score"]["ndcg@10"]
+        run = WorkPaths.from_settings(point_settings[name]).run(point_settings[name])
+        history = json.loads(run.history.read_text())
+        losses = __import__("mlflow").MlflowClient().get_metric_history(child["run_id"], "train_loss")
+        assert [m.step for m in losses] == [e["epoch"] for e in history["epochs"]]  # recorded once, not per split
     parent = next(r for r in runs if r["run_id"] == result["mlflow_run_id"])
     assert parent["status"] == "FINISHED" and parent["tags"]["elmrec.variants"] == ",".join(names)
 

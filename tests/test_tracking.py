@@ -105,6 +105,9 @@ def test_experiment_opens_on_the_runs_table_even_in_a_store_made_before(tmp_path
     client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")  # an older store
     tracking.configure(settings)
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    run_id = client.create_run(experiment_id).info.run_id
+    assert tracking.run_url(settings, run_id, "http://127.0.0.1:5001") == \
+        f"http://127.0.0.1:5001/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def test_runs_carry_the_real_times_a_description_and_the_parquet_splits(tmp_path: Path) -> None:

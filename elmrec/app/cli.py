@@ -5,6 +5,7 @@
     elmrec run --stages evaluate --set eval.sequential_beams=50          rerun one stage with other settings
     elmrec serve | stop | ui      a local Prefect server + worker for `prefect deployment run`; the MLflow UI
     elmrec compare [--run ID] [--csv FILE]   the comparison table of a flow run (default: the latest), from MLflow
+    elmrec recommend --user ID [--k 10] [--run ID | --model URI]   top-k items for users from a trained model
 
 `run` and `task` end with the comparison table and the MLflow (and Prefect) links; a failure a user can fix ends
 with one `error: …` line, exit status 2 (Ctrl-C: 130), the traceback in a log file under the work dir
@@ -24,12 +25,12 @@ from typing import Any
 
 from elmrec.app import serve
 from elmrec.app.config_file import read_config
-from elmrec.app.errors import LogFile, MissingUpstream, divert_errors, is_expected, report
+from elmrec.app.errors import LogFile, divert_errors, is_expected, report
 from elmrec.app.interrupts import prompt_interrupts, shielded_temporary_server
 from elmrec.app.prefect_env import use_server
 from elmrec.config import PRESETS, VARIANTS, Settings, Stage, deep_merge, settings_for, variant_settings
-from elmrec.paths import WorkPaths, ensure_writable
-from elmrec.stages import missing_upstream
+from elmrec.paths import ensure_writable
+from elmrec.stages import check_upstream
 
 EPILOG = """\
 examples:
@@ -38,6 +39,8 @@ examples:
   elmrec task graph --graph-edges all                       rebuild one stage (here: a leaky graph)
   elmrec run --set train.lr=5e-4 --set eval.split=valid     any setting, as dotted.key=value (JSON values)
   elmrec run --config config.yaml                           replay a run's logged config.yaml (MLflow artifact)
+  elmrec recommend --user A1YJEY40YUW4SE --k 5              the work dir's model (same options as its run)
+  elmrec recommend --user A1YJEY40YUW4SE --model models:/elmrec-beauty/1    a registered model
 
 precedence of settings: command-line options > --config file > --preset (or the file's `preset:`) > defaults
 exit status: 0 done, 2 an error to fix (one `error: …` line; traceback in <workdir>/logs/), 130 Ctrl-C
@@ -116,7 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--run", help="MLflow run id, Prefect flow-run id or flow-run name (default: the latest)")
     table.add_argument("--csv", metavar="FILE", help="also write the table's rows to FILE as CSV")
     table.add_argument("--workdir", help="the work dir holding mlflow.db (default: $ELMREC_WORKDIR or ./work)")
+    add_recommend_command(commands)
     return parser
+
+
+def add_recommend_command(commands: Any) -> None:
+    recommend = commands.add_parser("recommend", help="top-k items for users from a trained model, history excluded",
+                                    description="Without --run or --model: the finished training in the work dir "
+                                                "of the settings the options describe (as `elmrec task`).")
+    recommend.add_argument("--user", action="append", required=True, metavar="ID",
+                           help="a reviewer ID of the dataset (repeatable)")
+    recommend.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    source = recommend.add_mutually_exclusive_group()
+    source.add_argument("--run", metavar="RUN_ID", help="the MLflow run (a variant's child run) that logged the model")
+    source.add_argument("--model", metavar="URI", help="an MLflow model URI, e.g. models:/elmrec-beauty/1")
+    add_settings_options(recommend)
+    recommend.add_argument("--variant", choices=sorted(VARIANTS), default="elmrec",
+                           help="which variant's model of the work dir (default elmrec)")
+    recommend.add_argument("--allow-unfinished", action="store_true",
+                           help="use the best model so far of a training that has not finished")
+    recommend.add_argument("--verbose", action="store_true", help="the traceback of an error, not one line")
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -135,6 +157,30 @@ def compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def recommend_command(args: argparse.Namespace) -> int:
+    """`elmrec recommend`: the table of elmrec.recommend for the given users, from the work dir's run of the
+    settings, or from a logged MLflow model (elmrec.registry); an unknown user is an `error: …` line, exit 2."""
+    from elmrec.recommend import format_table, from_run  # imports torch: only for this command
+
+    try:
+        preset, overrides = resolve(args)
+        settings = variant_settings(settings_for(preset, overrides), args.variant)
+        if args.run or args.model:
+            from elmrec.registry import recommend_from  # imports MLflow
+
+            uri = args.model or f"runs:/{args.run}/model"
+            table = recommend_from(settings, uri, args.user, args.k)
+        else:
+            check_upstream(settings, "evaluate", allow_unfinished=args.allow_unfinished)  # the model and its data
+            table = from_run(settings, allow_unfinished=args.allow_unfinished).recommend(args.user, args.k)
+    except Exception as error:
+        if is_expected(error):
+            return report(error, None, args.verbose)
+        raise
+    print(format_table(table), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # OpenMP threads that spin while waiting make small ops up to ~50x slower on a busy 2-core machine;
     # set before torch is imported (also inherited by `elmrec serve`'s worker and its flow runs).
@@ -146,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve.run_command(args)
     if args.command == "compare":
         return compare_command(args)
+    if args.command == "recommend":
+        return recommend_command(args)
     log: LogFile | None = None
     try:
         with prompt_interrupts():
@@ -177,14 +225,8 @@ def plan(args: argparse.Namespace, runs: list[Settings]) -> tuple[list[Stage] | 
     """(stages, force) of the flow call; `elmrec task` first checks the stage's inputs are there."""
     if args.command != "task":
         return [Stage(s) for s in args.stages or []] or None, [Stage(s) for s in args.force]
-    for variant in runs:
-        missing = missing_upstream(variant, args.stage)
-        attempt = WorkPaths.from_settings(variant).run(variant).attempt.checkpoint
-        if missing and missing[1] == "train" and args.allow_unfinished and attempt.is_dir():
-            missing = None  # the unfinished training's best model so far will do
-        if missing:
-            path, producer = missing
-            raise MissingUpstream(f"{path} is missing; run `elmrec task {producer}` first (same options)")
+    for variant in runs:  # MissingUpstream (the flow checks the same before any task runs)
+        check_upstream(variant, args.stage, allow_unfinished=args.allow_unfinished)
     return [Stage(args.stage)], [] if args.cached else [Stage(args.stage)]
 
 
@@ -222,8 +264,10 @@ def print_summary(settings: Settings, result: dict[str, Any] | None, prefect_ui:
     flow_run = found.parent["tags"].get(FLOW_RUN_TAG)
     prefect = (f"{prefect_ui}/runs/flow-run/{flow_run}" if prefect_ui and flow_run else
                "a temporary server, gone (`elmrec serve` keeps flow runs in a UI)")
+    ui = serve.mlflow_ui_url(settings.workdir)  # the port `elmrec serve --ui` took, when its UI runs
+    mlflow = tracking.run_url(settings, found.parent["run_id"], ui or tracking.DEFAULT_UI)
     print(f"\n{found.parent['name']} ({found.split})\n\n{table}\n\n"
-          f"MLflow:  {tracking.run_url(settings, found.parent['run_id'])}  (open with: elmrec ui)\n"
+          f"MLflow:  {mlflow}{'' if ui else '  (open with: elmrec ui)'}\n"
           f"Prefect: {prefect}", flush=True)
 
 

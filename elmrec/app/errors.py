@@ -25,14 +25,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from elmrec.stages import MissingUpstream  # raised by `elmrec task` and by the flow; named here for the CLI
+
 EXIT_ERROR = 2  # an expected failure: the `error: …` line says what to fix
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 RESUME_HINT = "rerun the same command to resume (training continues from its last saved epoch)"
 DIVERTED = ("prefect", "elmrec")  # loggers whose ERROR records go to the log file unless --verbose
-
-
-class MissingUpstream(RuntimeError):
-    """`elmrec task STAGE` without the output of the stage before it."""
 
 
 CHEAP = (ValidationError, ValueError, MissingUpstream)  # ValueError: DataError, settings, ConfigFileError

@@ -1,14 +1,17 @@
 """Local orchestration: a Prefect server, a process work pool, the deployments of `prefect.yaml` and a worker.
 
-    elmrec serve   start whatever is not running (idempotent); state in <workdir>/prefect/serve.json
-    elmrec stop    end exactly the processes `serve` recorded
-    elmrec ui      the MLflow UI on the work dir's store (foreground)
+    elmrec serve [--ui]   start whatever is not running (idempotent), with --ui the MLflow UI too; state in
+                          <workdir>/prefect/serve.json
+    elmrec stop           end exactly the processes `serve` recorded
+    elmrec ui             the MLflow UI on the work dir's store (foreground; or the address of serve's)
 
 Everything lives under `<workdir>/prefect/`: it is the PREFECT_HOME of the processes started here and holds the
-server's SQLite database, the logs, `serve.json` (pids, port, API URL) and `env.sh` (the `export
-PREFECT_API_URL=...` a shell needs). The server and the worker are started detached, each leading its own
-process session, so they outlive the shell that started them; `stop` ends their process groups. Prefect is
-driven through its command line and REST API, never imported.
+server's SQLite database, the logs, `serve.json` (pids, ports, API URL) and `env.sh` (the `export
+PREFECT_API_URL=...` a shell needs). A port in use (Prefect's 4200, MLflow's 5000, or the one asked for) is
+passed over for the next free one, said on stderr; serve.json records the ports taken, and every link printed
+(serve's banner, the links `elmrec run` ends with, the run summary's) is made from it. The server, the worker
+and the UI are started detached, each leading its own process session, so they outlive the shell that started
+them; `stop` ends their process groups. Prefect is driven through its command line and REST API, never imported.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from elmrec.paths import atomic_path, locked
 POOL = "elmrec-local"  # the work pool prefect.yaml's deployments name; the worker creates it (type process)
 WORKER_NAME = "elmrec-local-worker"
 DEFAULT_PORT = 4200  # Prefect's usual port, taken when free
+UI_PORT = 5000  # the MLflow UI's usual port, taken when free
 HOST = "127.0.0.1"  # local only
 
 
@@ -46,15 +50,21 @@ class ServeState:
     checkout: str  # the folder the deployments run from
     server: Proc
     worker: Proc | None = None
+    ui: Proc | None = None  # the MLflow UI (`serve --ui`)
+    ui_port: int | None = None
 
     @classmethod
     def load(cls, path: Path) -> ServeState | None:
         if not path.is_file():
             return None
         raw = json.loads(path.read_text())
-        worker = raw.get("worker")
+        worker, ui = raw.get("worker"), raw.get("ui")
         return cls(raw["port"], raw["api_url"], raw["checkout"], Proc(**raw["server"]),
-                   Proc(**worker) if worker else None)
+                   Proc(**worker) if worker else None, Proc(**ui) if ui else None, raw.get("ui_port"))
+
+    def ui_url(self) -> str | None:
+        """The MLflow UI's address while the UI recorded here runs."""
+        return f"http://{HOST}:{self.ui_port}" if self.ui and self.ui.alive() else None
 
     def save(self, path: Path) -> None:
         with atomic_path(path) as partial:  # never a half-written state file
@@ -73,12 +83,13 @@ class ServePaths:
     server_log: Path
     worker_log: Path  # the flow runs' output lands here too
     deploy_log: Path
+    ui_log: Path  # the MLflow UI's
 
     @classmethod
     def under(cls, workdir: Path) -> ServePaths:
         home = workdir.resolve() / "prefect"
-        return cls(workdir.resolve(), home, home / "serve.json", home / "env.sh",
-                   home / "prefect.db", home / "server.log", home / "worker.log", home / "deploy.log")
+        return cls(workdir.resolve(), home, home / "serve.json", home / "env.sh", home / "prefect.db",
+                   home / "server.log", home / "worker.log", home / "deploy.log", home / "mlflow-ui.log")
 
 
 def default_checkout() -> Path:
@@ -100,18 +111,21 @@ def port_free(port: int) -> bool:
     return True
 
 
-def choose_port(requested: int | None, previous: int | None) -> int:
-    """The requested port (it must be free), else the previous one or 4200 when free, else any free port."""
-    if requested is not None:
-        if not port_free(requested):
-            raise ServiceError(f"port {requested} on {HOST} is in use; pick another with --port")
-        return requested
-    for port in (previous, DEFAULT_PORT):
-        if port and port_free(port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+def choose_port(requested: int | None, previous: int | None, default: int = DEFAULT_PORT,
+                what: str = "the Prefect server") -> int:
+    """The requested port, else the previous one or the default when free; a port in use is passed over for
+    the next free one above it, and stderr says so."""
+    if requested is None and previous and port_free(previous):
+        return previous
+    wanted = requested or default
+    port = next((p for p in range(wanted, min(wanted + 100, 65536)) if port_free(p)), None)
+    if port is None:  # a hundred ports in use: any free one
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            port = int(sock.getsockname()[1])
+    if port != wanted:
+        print(f"elmrec: port {wanted} on {HOST} is in use; {what} takes port {port}", file=sys.stderr, flush=True)
+    return port
 
 
 def api_request(api_url: str, path: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
@@ -196,41 +210,92 @@ def deploy(env: dict[str, str], checkout: Path, log: Path, timeout: float) -> No
         raise ServiceError(f"`prefect deploy --all` failed in {checkout}; see {log}:\n{tail(log)}")
 
 
-def serve(workdir: Path, port: int | None = None, checkout: Path | None = None,
-          timeout: float = 180.0) -> tuple[ServeState, list[str]]:
-    """Bring up whatever is not running; the state, and what was started ([] when everything was up)."""
+def serve(workdir: Path, port: int | None = None, checkout: Path | None = None, timeout: float = 180.0,
+          ui: bool = False, ui_port: int | None = None) -> tuple[ServeState, list[str]]:
+    """Bring up whatever is not running, with `ui` the MLflow UI too; the state, and what was started ([] when
+    everything was up)."""
     paths = ServePaths.under(workdir)
     paths.home.mkdir(parents=True, exist_ok=True)
     with locked(paths.state):  # one `serve` or `stop` at a time per work dir
         state = ServeState.load(paths.state)
+        started = []
         if state and state.server.alive() and _answers(state.api_url, paths.home):
-            if state.worker and state.worker.alive():
-                return state, []
-            env = service_env(paths, state.api_url, Path(state.checkout))
-            state = replace(state, worker=_start_worker(paths, env, state.api_url, Path(state.checkout), timeout))
-            state.save(paths.state)
-            return state, ["worker"]
-        if state:  # what is left of an earlier start: end it before starting afresh
-            end([p for p in (state.worker, state.server) if p])
-        chosen = choose_port(port, state.port if state else None)
-        api_url = f"http://{HOST}:{chosen}/api"
-        project = (checkout or (Path(state.checkout) if state else None) or default_checkout()).resolve()
-        env = service_env(paths, api_url, project)
-        server = spawn(_prefect("server", "start", "--host", HOST, "--port", str(chosen), "--analytics-off"),
-                       env, paths.server_log, project)
-        state = ServeState(chosen, api_url, str(project), Proc.of(server.pid))
-        state.save(paths.state)  # recorded at once: `elmrec stop` can end it whatever happens next
-        try:
-            wait_for(lambda: healthy(api_url, paths.home), server, "the Prefect server", paths.server_log, timeout)
-            state = replace(state, worker=_start_worker(paths, env, api_url, project, timeout))
-            state.save(paths.state)
-            deploy(env, project, paths.deploy_log, timeout)
-        except BaseException:
-            end([p for p in (state.worker, state.server) if p])
-            paths.state.unlink(missing_ok=True)
-            raise
-        paths.env_file.write_text(f"export PREFECT_API_URL={api_url}\n")
-        return state, ["server", "worker"]
+            if not (state.worker and state.worker.alive()):
+                env = service_env(paths, state.api_url, Path(state.checkout))
+                state = replace(state, worker=_start_worker(paths, env, state.api_url, Path(state.checkout), timeout))
+                state.save(paths.state)
+                started.append("worker")
+        else:
+            state = _start_server(paths, state, port, checkout, timeout)
+            started += ["server", "worker"]
+        if ui and not state.ui_url():
+            state = _start_ui(paths, state, ui_port, timeout)
+            started.append("MLflow UI")
+        return state, started
+
+
+def _start_server(paths: ServePaths, previous: ServeState | None, port: int | None, checkout: Path | None,
+                  timeout: float) -> ServeState:
+    """A fresh server, worker and deployments; what is left of an earlier start is ended first (a running MLflow
+    UI is kept: it does not depend on the server)."""
+    ui = previous.ui if previous and previous.ui_url() else None
+    if previous:
+        end([p for p in (previous.worker, previous.server) if p])
+    chosen = choose_port(port, previous.port if previous else None)
+    api_url = f"http://{HOST}:{chosen}/api"
+    project = (checkout or (Path(previous.checkout) if previous else None) or default_checkout()).resolve()
+    env = service_env(paths, api_url, project)
+    server = spawn(_prefect("server", "start", "--host", HOST, "--port", str(chosen), "--analytics-off"),
+                   env, paths.server_log, project)
+    state = ServeState(chosen, api_url, str(project), Proc.of(server.pid), None, ui,
+                       previous.ui_port if previous and ui else None)
+    state.save(paths.state)  # recorded at once: `elmrec stop` can end it whatever happens next
+    try:
+        wait_for(lambda: healthy(api_url, paths.home), server, "the Prefect server", paths.server_log, timeout)
+        state = replace(state, worker=_start_worker(paths, env, api_url, project, timeout))
+        state.save(paths.state)
+        deploy(env, project, paths.deploy_log, timeout)
+    except BaseException:
+        end([p for p in (state.worker, state.server, state.ui) if p])
+        paths.state.unlink(missing_ok=True)
+        raise
+    paths.env_file.write_text(f"export PREFECT_API_URL={api_url}\n")
+    return state
+
+
+def _start_ui(paths: ServePaths, state: ServeState, port: int | None, timeout: float) -> ServeState:
+    """The MLflow UI on the work dir's store, detached like the server and recorded in serve.json at once."""
+    chosen = choose_port(port, state.ui_port, UI_PORT, "the MLflow UI")
+    command, env = mlflow_command(paths.workdir, chosen)
+    process = spawn(command, env, paths.ui_log, paths.workdir)
+    state = replace(state, ui=Proc.of(process.pid), ui_port=chosen)
+    state.save(paths.state)
+    try:
+        wait_for(lambda: ui_answers(chosen), process, "the MLflow UI", paths.ui_log, timeout)
+    except BaseException:
+        end([state.ui] if state.ui else [])
+        state = replace(state, ui=None, ui_port=None)
+        state.save(paths.state)
+        raise
+    return state
+
+
+def ui_answers(port: int) -> bool:
+    """True once an MLflow server answers /health on the port."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2.0) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def mlflow_ui_url(workdir: Path) -> str | None:
+    """The address of the MLflow UI `elmrec serve --ui` runs for this work dir; None when none runs."""
+    try:
+        state = ServeState.load(ServePaths.under(workdir).state)
+    except (OSError, ValueError, KeyError, TypeError):  # a damaged serve.json: as if none
+        return None
+    return state.ui_url() if state else None
 
 
 def _start_worker(paths: ServePaths, env: dict[str, str], api_url: str, checkout: Path, timeout: float) -> Proc:
@@ -247,7 +312,8 @@ def _start_worker(paths: ServePaths, env: dict[str, str], api_url: str, checkout
 
 
 def stop(workdir: Path, timeout: float = 20.0) -> list[int]:
-    """End the recorded worker, then the server; the pids that were running. Removes serve.json."""
+    """End the recorded worker, then the server and the MLflow UI; the pids that were running. Removes
+    serve.json."""
     paths = ServePaths.under(workdir)
     paths.home.mkdir(parents=True, exist_ok=True)
     with locked(paths.state):  # one `serve` or `stop` at a time per work dir
@@ -256,17 +322,25 @@ def stop(workdir: Path, timeout: float = 20.0) -> list[int]:
             return []
         ended = end([state.worker], timeout) if state.worker else []
         ended += end([state.server], timeout)
+        ended += end([state.ui], timeout) if state.ui else []
         paths.state.unlink(missing_ok=True)
         paths.env_file.unlink(missing_ok=True)
         return ended
 
 
-def mlflow_ui(tracking_uri: str, workdir: Path, port: int) -> NoReturn:
-    """Become `mlflow ui` on the given store (exec: Ctrl+C and signals reach MLflow itself); never returns."""
+def mlflow_command(workdir: Path, port: int, tracking_uri: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """`mlflow ui` on the work dir's store (default: its mlflow.db), and its environment."""
+    tracking_uri = tracking_uri or settings_for("paper", {"workdir": str(workdir)}).resolved_tracking_uri()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", HOST,
                "--port", str(port), "--workers", "1", "--artifacts-destination", str(workdir / "mlartifacts")]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI job runners: 7 processes, unused here
+    return command, env
+
+
+def mlflow_ui(tracking_uri: str, workdir: Path, port: int) -> NoReturn:
+    """Become `mlflow ui` on the given store (exec: Ctrl+C and signals reach MLflow itself); never returns."""
+    command, env = mlflow_command(workdir, port, tracking_uri)
     print(f"MLflow UI on {tracking_uri}: http://{HOST}:{port}  (Ctrl+C stops it)", flush=True)
     os.execve(sys.executable, command, env)
 
@@ -280,21 +354,27 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     workdir_help = "the work dir (default: $ELMREC_WORKDIR or ./work); state in <workdir>/prefect/"
     up = commands.add_parser("serve", help="start a local Prefect server, work pool, deployments and worker")
     up.add_argument("--workdir", help=workdir_help)
-    up.add_argument("--port", type=int, help=f"server port (default: {DEFAULT_PORT} if free, else a free one)")
+    up.add_argument("--port", type=int, help=f"server port (default: {DEFAULT_PORT}; one in use: the next free one)")
+    up.add_argument("--ui", action="store_true", help="start the MLflow UI too (`elmrec stop` ends it as well)")
+    up.add_argument("--ui-port", type=int, help=f"MLflow UI port (default: {UI_PORT}; one in use: the next free one)")
     up.add_argument("--checkout", help="the project folder holding prefect.yaml (default: this checkout)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each service (default: 180)")
-    down = commands.add_parser("stop", help="end the server and worker `elmrec serve` started")
+    down = commands.add_parser("stop", help="end the server, worker and MLflow UI `elmrec serve` started")
     down.add_argument("--workdir", help=workdir_help)
     ui = commands.add_parser("ui", help="open the MLflow UI on the work dir's tracking store")
     ui.add_argument("--workdir", help=workdir_help)
-    ui.add_argument("--port", type=int, default=5000, help="UI port (default: 5000)")
+    ui.add_argument("--port", type=int, help=f"UI port (default: {UI_PORT}; one in use: the next free one)")
 
 
 def run_command(args: argparse.Namespace) -> int:
     settings = settings_for("paper", {"workdir": args.workdir} if args.workdir else {})
     paths = ServePaths.under(settings.workdir)
     if args.command == "ui":
-        mlflow_ui(settings.resolved_tracking_uri(), settings.workdir, args.port)
+        if url := mlflow_ui_url(settings.workdir):
+            print(f"elmrec: the MLflow UI of `elmrec serve --ui` runs for this work dir: {url}")
+            return 0
+        mlflow_ui(settings.resolved_tracking_uri(), settings.workdir,
+                  choose_port(args.port, None, UI_PORT, "the MLflow UI"))
     if args.command == "stop":
         ended = stop(settings.workdir)
         print(f"elmrec: stopped pids {', '.join(map(str, ended))}" if ended else
@@ -302,15 +382,20 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     try:
         state, started = serve(settings.workdir, args.port, Path(args.checkout) if args.checkout else None,
-                               args.timeout)
+                               args.timeout, args.ui, args.ui_port)
     except ServiceError as error:
         print(f"elmrec serve: {error}", file=sys.stderr)
         return 1
-    what = f"started the {' and the '.join(started)}" if started else "already running"
+    names = [f"the {name}" for name in started]  # the server, the worker and the MLflow UI
+    what = "started " + " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) if started \
+        else "already running"
     workdir_option = f" --workdir {shlex.quote(args.workdir)}" if args.workdir else ""
+    ui = state.ui_url()
     print(f"elmrec: {what}: Prefect server {state.api_url.removesuffix('/api')} (pid {state.server.pid}), "
           f"worker on pool {POOL} (pid {state.worker.pid if state.worker else '-'})\n"
-          f"  state {paths.state} · logs {paths.home}/{{server,worker,deploy}}.log\n"
+          + (f"  MLflow UI {ui} (pid {state.ui.pid})\n" if ui and state.ui else
+             "  MLflow UI: not started (elmrec serve --ui, or elmrec ui)\n")
+          + f"  state {paths.state} · logs {paths.home}/{{server,worker,deploy,mlflow-ui}}.log\n"
           f"in your shell (or: source {paths.env_file}):\n"
           f"  export PREFECT_API_URL={state.api_url}\n"
           f"  prefect deployment run elmrec/demo --watch\n"

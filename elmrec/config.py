@@ -143,6 +143,7 @@ class TrainSettings(_Strict):
 
 DirectDecoder = Literal["score", "beam"]  # score: all 100 candidates, exactly; beam: the paper's free beam search
 SequentialDecoder = Literal["constrained", "rerank"]  # constrained: trie beam search; rerank: the paper's
+DECODER_ORDER = (*get_args(DirectDecoder), *get_args(SequentialDecoder))  # canonical: score, beam, constrained, rerank
 
 
 def _decoder_list(value: list[str], kinds: tuple[str, ...]) -> list[str]:

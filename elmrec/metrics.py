@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from elmrec.config import DECODER_ORDER
+
 INVALID = -1  # the item slot of an invalid output
 CUTOFFS_HR = (1, 5, 10)
 CUTOFFS_NDCG = (5, 10)
@@ -175,14 +177,17 @@ def tracked_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
 
 def task_metrics(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
     """Each task's metrics under a name without the decoder, `test/sequential/hr_at_10`, from the task's first
-    decoder in metrics.json (the canonical order puts the exact or constrained decoder first: score, then beam;
-    constrained, then rerank): one row in MLflow's compare view for models and baselines alike, whose decoders
-    differ (a baseline ranks every item by its score; ELMRec's sequential task decodes over the item trie)."""
+    decoder in the canonical order (elmrec.config.DECODER_ORDER: score, beam, constrained, rerank): one row in
+    MLflow's compare view for models and baselines alike, whose decoders differ (a baseline ranks every item by
+    its score; ELMRec's sequential task decodes over the item trie)."""
     out = {}
     for task, by_decoder in metrics.items():
-        first = next((values for values in by_decoder.values() if isinstance(values, Mapping)), None) \
-            if isinstance(by_decoder, Mapping) else None
-        for metric, value in (first or {}).items():
+        if not isinstance(by_decoder, Mapping):
+            continue
+        decoders = sorted((d for d in by_decoder if isinstance(by_decoder[d], Mapping)),
+                          key=lambda d: DECODER_ORDER.index(d) if d in DECODER_ORDER else len(DECODER_ORDER))
+        first = by_decoder[decoders[0]] if decoders else {}
+        for metric, value in first.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out["/".join((split, task, metric.replace("@", TRACKED_AT)))] = float(value)
     return out

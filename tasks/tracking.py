@@ -20,6 +20,7 @@ child run and data setting; a checkpoint registered before keeps its version (`r
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.runtime import deployment, flow_run
 
@@ -79,6 +81,14 @@ def child_tags(role: str, name: str, settings: Settings, data_setting: str) -> d
             "elmrec.dataset": settings.data.dataset}
 
 
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger inside a flow or task run, else this module's (a task's `.fn` called directly)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 @task(name="prepare-workdir", cache_policy=NO_CACHE)
 def prepare_workdir_task(settings: Settings) -> None:
     """Before any work: the work dir takes files (else one clear error, at once), temporaries left by killed
@@ -97,7 +107,7 @@ def open_parent_task(settings: Settings, preset: str, variants: list[str]) -> st
     run_id = tracking.find_or_create_run(settings, flow_run.name or "elmrec", tags,
                                          match={FLOW_RUN_TAG: _flow_run_id(), ROLE_TAG: "parent"})
     tracking.RunLog(run_id).settings(settings)
-    get_run_logger().info("MLflow parent run %s in %s", run_id, settings.resolved_tracking_uri())
+    run_logger().info("MLflow parent run %s in %s", run_id, settings.resolved_tracking_uri())
     return run_id
 
 
@@ -160,7 +170,7 @@ def record_variant_task(settings: Settings, parent_run_id: str, variant: str, da
         version = registry.log_model(settings, child, {"elmrec.variant": variant, "elmrec.recommender":
                                                        settings.recommender, "elmrec.child_run": child,
                                                        DATA_TAG: data_setting or OWN_DATA})
-        get_run_logger().info("%s: the trained model is models:/%s/%s", variant, version.name, version.version)
+        run_logger().info("%s: the trained model is models:/%s/%s", variant, version.name, version.version)
     tracking.finish(settings, child, end_ms=end)
     return metrics
 

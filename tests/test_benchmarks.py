@@ -69,7 +69,8 @@ def test_gpu_check_smoke_writes_every_section(tmp_path: Path, real_mirror: Path)
     report = json.loads(report_path.read_text())
     assert report["meta"]["smoke"] is True and set(report["meta"]["budgets_s"]) == set(report["sections"])
     sections = report["sections"]
-    assert list(sections) == ["train_throughput", "eval_throughput", "paper_p5", "paper_shuffled"]
+    assert list(sections) == ["train_throughput", "eval_throughput", "paper_p5", "paper_shuffled", "attention",
+                              "compile"]
     failed = {name: s.get("error") for name, s in sections.items() if not s["ok"]}
     assert not failed, failed
     rows = sections["train_throughput"]["rows"]
@@ -90,6 +91,11 @@ def test_gpu_check_smoke_writes_every_section(tmp_path: Path, real_mirror: Path)
         assert set(paper["baselines"]) == {"popularity", "random", "id_order"}
         assert set(report["summary"][scheme]["hr@10"]) >= {"direct/score", "sequential/constrained",
                                                            "id_order:direct", "popularity:sequential"}
+    attention = sections["attention"]  # SDPA against eager attention on the same direct batches, bf16
+    assert attention["task"] == "direct" and attention["precision"] == "cpu (bf16 autocast)"
+    assert attention["sdpa"]["timed_steps"] >= 1 and attention["eager"]["timed_steps"] >= 1
+    assert attention["speedup_vs_sdpa"] == attention["sdpa"]["s_per_step"] / attention["eager"]["s_per_step"]
+    assert sections["compile"]["skipped"] == "with --smoke"  # compiling on a small CPU takes minutes
 
 
 @pytest.mark.slow

@@ -120,3 +120,6 @@ def test_tracked_metric_names_carry_task_and_decoder() -> None:
     assert task_metrics(model, "test") == {"test/direct/hr_at_10": 0.25, "test/direct/n_users": 4.0,
                                            "test/sequential/ndcg_at_5": 0.125}
     assert untracked_metrics(task_metrics(model, "test"), "test") == {}
+    sorted_keys = {"direct": {"beam": {"hr@10": 0.0}, "score": {"hr@10": 0.25}},  # metrics.json sorts its keys
+                   "sequential": {"constrained": {"hr@10": 0.5}, "rerank": {"hr@10": 0.75}}}
+    assert task_metrics(sorted_keys, "test") == {"test/direct/hr_at_10": 0.25, "test/sequential/hr_at_10": 0.5}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the lent GPU machine, after benchmarks/gpu_wheels.sh filled .gpu-bundle/ here:
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu-bundle"], timeout_s 600
-# Installs the carried wheels offline into /tmp, then runs benchmarks/gpu_check.py (about 7.5 minutes on an H100)
+# Installs the carried wheels offline into /tmp, then runs benchmarks/gpu_check.py (520 s on an H200 at first; now capped at 420 s)
 # on the carried Beauty files and tokenizer. Writes $OUT/gpu_check.json (rewritten after every section) and
 # $OUT/gpu_check.log. Extra arguments go to gpu_check.py (e.g. --sections paper_p5 --budget-s paper_p5=300).
 set -uo pipefail

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elmrec.config import SASRecSettings
+from elmrec.softmax_loss import full_softmax_loss
 
 
 class Block(nn.Module):
@@ -88,9 +89,8 @@ class SASRec(nn.Module):
         states = self.hidden(batch["sequence"])  # (B, L, d)
         keep = batch["target"] > 0  # (B, L)
         states, target = states[keep], batch["target"][keep]  # (P, d), (P,)
-        if self.loss_kind == "ce":
-            logits = states @ self.items.weight[1:].T  # (P, I): item j is column j - 1
-            return F.cross_entropy(logits, target - 1)
+        if self.loss_kind == "ce":  # = F.cross_entropy(states @ E[1:].T, target - 1), without the (P, I) logits
+            return full_softmax_loss(states, self.items.weight[1:], target - 1)
         negative = batch["negative"][keep]  # (P,)
         positive_logit = (states * self.items(target)).sum(-1)  # (P,)
         negative_logit = (states * self.items(negative)).sum(-1)  # (P,)

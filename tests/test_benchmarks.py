@@ -121,3 +121,10 @@ def test_precision_check_smoke_compares_both_precisions(tmp_path: Path, real_mir
     assert {"direct/score hr@10", "sequential/constrained ndcg@5"} <= set(names)
     assert figures["within_tolerance"] == all(row["within"] for row in figures["comparison"])
     assert "verdict:" in out
+
+
+def test_softmax_loss_benchmark_times_both_losses() -> None:
+    out = run_script("softmax_loss.py", "--positions", "8", "--items", "50", "--dim", "4", "--chunk", "16",
+                     "--rounds", "2")
+    assert out.startswith("8 positions x 50 items, d 4, chunk 16;")
+    assert "plain" in out and "chunked is" in out and "x faster" in out

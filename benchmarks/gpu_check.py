@@ -16,6 +16,12 @@ fails or runs out of time is recorded and the next one runs; the JSON is rewritt
   the preset's 3, so that epochs and checkpoints come often), then its best checkpoint evaluated on the first
   `--test-users` test users beside the popularity / random / id_order baselines: with P5 item IDs and with
   shuffled ones, does the model learn anything beyond ID order at this scale?
+- attention: bf16 direct steps with SDPA (the default) against eager attention, same weights and batches.
+- classic: SASRec and LightGCN (elmrec.classic) on full Beauty with P5 IDs, `--classic-epochs` epochs each on the
+  GPU, then the first `--test-users` test users: that the baselines' CUDA path runs, and its seconds per epoch.
+- compile: the compilation time of `train.compile`, then compiled against not compiled steps (skipped with --smoke).
+Every timed batch runs once untimed first, so that first-use costs (kernels loaded lazily, the allocator growing)
+stay out of the figures.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_throughput as tt  # benchmarks/train_throughput.py: data preparation, step timing, FLOP count
 
+from elmrec.classic import evaluate_classic, train_classic
 from elmrec.config import Settings, Task, settings_for
 from elmrec.decode import rank_direct, rank_sequential
 from elmrec.device import Device
@@ -60,13 +67,13 @@ from elmrec.trie import ItemTrie
 from elmrec.wholeword import Encoded, collate
 
 log = logging.getLogger("gpu_check")
-SECTIONS = ("train_throughput", "eval_throughput", "paper_p5", "paper_shuffled", "attention", "compile")
+SECTIONS = ("train_throughput", "eval_throughput", "paper_p5", "paper_shuffled", "attention", "classic", "compile")
 BUDGET_S = {"train_throughput": 60, "eval_throughput": 60, "paper_p5": 130, "paper_shuffled": 130, "attention": 20,
-            "compile": 60}  # --total-s caps them; compile last: a compilation cannot always be stopped at its time box
+            "classic": 40, "compile": 60}  # --total-s caps them; compile last: a compilation cannot be stopped at will
 DECODERS = (("direct", "score"), ("direct", "beam"), ("sequential", "constrained"), ("sequential", "rerank"))
 # (GPU, --smoke CPU) defaults of the options left unset
 DEFAULTS = {"batch_size": (64, 4), "warmup": (3, 1), "steps": (20, 2), "eval_users": (256, 4), "test_users": (2000, 20),
-            "eval_reserve_s": (40.0, 20.0), "total_s": (420.0, 360.0)}
+            "eval_reserve_s": (40.0, 20.0), "total_s": (420.0, 360.0), "classic_epochs": (3, 1)}
 SMOKE_BUDGET_S = 60.0  # per section with --smoke (a few seconds each when the machine is quiet)
 
 
@@ -293,6 +300,28 @@ def paper_training(args: argparse.Namespace, deadline: float, id_scheme: str) ->
             "eval_seconds": time.perf_counter() - start, "test_users": args.test_users}
 
 
+def classic_models(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+    """SASRec and LightGCN trained afresh for `--classic-epochs` epochs (validation after each), then tested."""
+    out: dict[str, Any] = {}
+    for name in ("sasrec", "lightgcn"):
+        settings = check_settings(args)
+        settings = settings.model_copy(update={"recommender": name, name: getattr(settings, name).model_copy(
+            update={"max_epochs": args.classic_epochs})})
+        paths = tt.prepare_data(settings)
+        start = time.perf_counter()
+        result = train_classic(settings, paths, resume=False)
+        trained = time.perf_counter()
+        metrics = evaluate_classic(settings, paths)
+        out[name] = {"device": result.device, "epochs": len(result.history), "train_s": trained - start,
+                     "s_per_epoch": [r.seconds for r in result.history], "eval_s": time.perf_counter() - trained,
+                     "test_users": metrics["direct"]["score"]["n_users"],
+                     "hr@10": {task: metrics[task]["score"]["hr@10"] for task in ("direct", "sequential")}}
+        log.info("%s on %s: %d epochs in %.1f s, test HR@10 %s", name, result.device, len(result.history),
+                 trained - start, out[name]["hr@10"])
+        free_memory()
+    return out
+
+
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
     """HR@10 of the exact decoders beside the baselines, per ID scheme: the one-look answer of the paper runs."""
     out = {}
@@ -383,7 +412,7 @@ def main() -> None:
     bodies = {"train_throughput": partial(train_throughput, args), "eval_throughput": partial(eval_throughput, args),
               "paper_p5": partial(paper_training, args, id_scheme="p5"),
               "paper_shuffled": partial(paper_training, args, id_scheme="shuffled"),
-              "attention": partial(train_options, args, "attention"),
+              "attention": partial(train_options, args, "attention"), "classic": partial(classic_models, args),
               "compile": partial(train_options, args, "compile")}
     start, planned = time.perf_counter(), 0.0
     for name in args.sections.split(","):  # time left unused by a section goes to the next one

@@ -190,7 +190,7 @@ class SASRecSettings(_Strict):
     lr: float = Field(2e-3, gt=0, le=1)  # Adam; twice the paper's: Beauty peaks at epoch ~13, not ~30
     weight_decay: float = Field(0.0, ge=0)  # AdamW decay; dropout regularises enough at this size
     batch_size: int = Field(128, ge=1)  # as the paper
-    max_epochs: int = Field(50, ge=1)  # upper bound; early stopping ends Beauty after ~16 (~20-40 s each)
+    max_epochs: int = Field(50, ge=1)  # upper bound; early stopping ends Beauty after ~16 (~13 s each, 2 cores)
     patience: int = Field(3, ge=1)  # evaluations without a better validation NDCG@10; 3 keeps Beauty in 10 min
     eval_every: int = Field(1, ge=1)  # epochs between validation evaluations
     valid_users: int | None = Field(5000, ge=1)  # first N users for validation (None = all): a fifth of the

@@ -70,7 +70,7 @@ def test_gpu_check_smoke_writes_every_section(tmp_path: Path, real_mirror: Path)
     assert report["meta"]["smoke"] is True and set(report["meta"]["budgets_s"]) == set(report["sections"])
     sections = report["sections"]
     assert list(sections) == ["train_throughput", "eval_throughput", "paper_p5", "paper_shuffled", "attention",
-                              "compile"]
+                              "classic", "compile"]
     failed = {name: s.get("error") for name, s in sections.items() if not s["ok"]}
     assert not failed, failed
     rows = sections["train_throughput"]["rows"]
@@ -95,6 +95,10 @@ def test_gpu_check_smoke_writes_every_section(tmp_path: Path, real_mirror: Path)
     assert attention["task"] == "direct" and attention["precision"] == "cpu (bf16 autocast)"
     assert attention["sdpa"]["timed_steps"] >= 1 and attention["eager"]["timed_steps"] >= 1
     assert attention["speedup_vs_sdpa"] == attention["sdpa"]["s_per_step"] / attention["eager"]["s_per_step"]
+    for name in ("sasrec", "lightgcn"):  # one epoch each on the CPU, tested on the 20 test users
+        classic = sections["classic"][name]
+        assert classic["device"] == "cpu (fp32)" and classic["epochs"] == 1 and classic["test_users"] == 20
+        assert len(classic["s_per_epoch"]) == 1 and set(classic["hr@10"]) == {"direct", "sequential"}
     assert sections["compile"]["skipped"] == "with --smoke"  # compiling on a small CPU takes minutes
 
 

@@ -62,7 +62,8 @@ from elmrec.graph import load_adjacency
 from elmrec.model import ELMRec
 from elmrec.paths import RunPaths
 from elmrec.pretrained import load_t5, load_tokenizer
-from elmrec.train import EpochRecord, TrainData, build_model, make_optimizer, train, train_step
+from elmrec.step import make_optimizer, train_step
+from elmrec.train import EpochRecord, TrainData, build_model, train
 from elmrec.trie import ItemTrie
 from elmrec.wholeword import Encoded, collate
 

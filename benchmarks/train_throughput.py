@@ -5,7 +5,7 @@
 
 Builds the full Beauty data through the pipeline's own stages (download from the mirror, preprocess, graph),
 then one training epoch's prompts exactly as the trainer does (`elmrec.train.epoch_prompts`, `ELMRec.encode`,
-bucketed batches). On each batch it times, in turn, `elmrec.train.train_step` (ELMRec: soft prompts, whole-word
+bucketed batches). On each batch it times, in turn, `elmrec.step.train_step` (ELMRec: soft prompts, whole-word
 embeddings, LightGCN, T5; forward, backward, fused AdamW step) and the same step of a stock Hugging Face
 `T5ForConditionalGeneration` of the same shape and precision (same input_ids, attention mask and labels; fused
 AdamW with the same settings). The two alternate batch by batch (which goes first alternates too), so a change
@@ -47,7 +47,8 @@ from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
 from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.propagation import propagate
-from elmrec.train import TrainData, build_model, epoch_prompts, make_optimizer, optimizer_step, train_step
+from elmrec.step import make_optimizer, optimizer_step, train_step
+from elmrec.train import TrainData, build_model, epoch_prompts
 from elmrec.wholeword import Encoded, bucketed_batches, collate
 
 ENCODE_PROMPTS = 2000  # prompts per task encoded for the benchmark (the tokenizer cost is per prompt)

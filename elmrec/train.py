@@ -24,17 +24,11 @@ current is the stage's question, elmrec.stages.up_to_date, not training's).
 
 Several processes (DDP, `train.nproc`; elmrec.distributed starts them under torchrun and calls `train` in each):
 every process builds the same epochs (the streams above are seeded, not per process) and takes its share of
-each batch, rows[rank::nproc], so `batch_size` is the global batch. Its loss is weighted by its share's target
-tokens over the global batch's (counted from the encodings every process holds: no communication) times
-nproc, since DDP averages the processes' gradients: the sum is the one-process gradient of the whole batch,
-up to float rounding. A process whose share is empty (a batch shorter than nproc) steps on one row with weight
-0, to stay in step. Micro-batches slice the share, all but the last under DDP's no_sync; the graph propagates
-in each forward (ELMRec.propagation_once would send the node table's gradient after DDP's reduction). The
-batch losses and the validation sums (each process scores every nproc-th prompt) are summed over the
-processes, so every process keeps the same state and stops at the same epoch. Rank 0 alone writes attempt/,
-promotes it and calls `on_epoch`; with resume, the others load the last/ it resumes from. Dropout draws the
-same seeds in every process but over other rows: with dropout the update equals one process's in
-distribution only.
+each batch, rows[rank::nproc], so `batch_size` is the global batch; elmrec.step weights the shares so that the
+update is the one-process update. A process whose share is empty (a batch shorter than nproc) steps on one row
+with weight 0, to stay in step. The batch losses and the validation sums are summed over the processes, so every
+process keeps the same state and stops at the same epoch. Rank 0 alone writes attempt/, promotes it and calls
+`on_epoch`; with resume, the others load the last/ it resumes from.
 """
 
 from __future__ import annotations
@@ -45,15 +39,12 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedTokenizerBase
 
@@ -77,7 +68,8 @@ from elmrec.paths import RunPaths, WorkPaths, atomic_path
 from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.progress import progress_bar
 from elmrec.prompts import direct_epoch, direct_eval, sequential_epoch, sequential_eval
-from elmrec.wholeword import IGNORE_INDEX, Encoded, Prompt, bucketed_batches, collate
+from elmrec.step import make_optimizer, train_step, validation_losses
+from elmrec.wholeword import Encoded, Prompt, bucketed_batches, collate
 from elmrec.world import ONE_PROCESS, World
 
 log = logging.getLogger(__name__)
@@ -199,89 +191,6 @@ def build_model(settings: Settings, data: TrainData, device: Device) -> tuple[EL
     if settings.train.compile:
         model.t5.compile(dynamic=True)  # in place: the state dict keeps its keys (checkpoints unchanged)
     return model.to(device.device).train(), pretrained
-
-
-def make_optimizer(model: ELMRec, settings: Settings) -> torch.optim.AdamW:
-    """AdamW (torch defaults besides lr: weight decay 0.01); the fused kernel (CPU and CUDA) is the fastest."""
-    return torch.optim.AdamW(model.parameters(), lr=settings.train.lr, fused=True)
-
-
-def train_step(model: ELMRec | DistributedDataParallel, optimizer: torch.optim.Optimizer,
-               batch: dict[str, torch.Tensor], task: Task, device: Device, micro_batch_size: int | None = None,
-               tokens: int | None = None, grad_scale: float = 1.0) -> torch.Tensor:
-    """One optimizer step on one batch; returns the (detached) mean token loss over the batch.
-
-    With `micro_batch_size`, forward and backward run on slices of that many prompts, each slice's mean loss
-    weighted by its share of the batch's target tokens: the gradient of the whole batch's mean loss (up to
-    dropout draws and rounding), in the activation memory of one slice. Without it the weight is exactly 1.
-    Under DDP `batch` is this process's share of a global batch of `tokens` target tokens (see optimizer_step).
-    """
-    ddp = isinstance(model, DistributedDataParallel)
-    return optimizer_step(optimizer, batch, device, micro_batch_size, lambda part: model(
-        part["input_ids"], part["ww_ids"], part["attention_mask"], task, labels=part["labels"]).loss,
-        # DDP reduces gradients during the backward: the node table's must flow in it, not after it
-        shared=nullcontext if ddp else model.propagation_once, accumulate=model.no_sync if ddp else nullcontext,
-        tokens=tokens, grad_scale=grad_scale)
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], device: Device,
-                   micro_batch_size: int | None, loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-                   shared: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                   accumulate: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                   tokens: int | None = None, grad_scale: float = 1.0) -> torch.Tensor:
-    """`train_step` for any model: `loss_of(slice)` is the slice's mean token loss (also timed against stock T5 by
-    benchmarks/train_throughput.py, on the same slices and weights). The slices' forwards and backwards run
-    inside `shared()` (ELMRec: one graph propagation per step, `ELMRec.propagation_once`), all but the last one
-    also inside `accumulate()` (DDP's no_sync: gradients are reduced once, in the last backward). No host-device
-    synchronisation: the token counts and the returned loss stay on the device.
-
-    A slice's weight is its target tokens / `tokens` (default: the batch's). Under DDP `batch` is one process's
-    share of a global batch of `tokens` target tokens, so the returned loss is its part of the global mean, and
-    `grad_scale` = the number of processes turns DDP's average of their gradients into the global batch's
-    (grad_scale 0: a stand-in slice that only keeps a process without rows in step with the others).
-    """
-    optimizer.zero_grad(set_to_none=True)
-    size = len(batch["input_ids"])
-    slice_size = micro_batch_size or size
-    if tokens is None:
-        tokens = (batch["labels"] != IGNORE_INDEX).sum()
-    total = torch.zeros((), device=device.device)
-    with shared():
-        for begin in range(0, size, slice_size):
-            part = {name: tensor[begin:begin + slice_size] for name, tensor in batch.items()}
-            with accumulate() if begin + slice_size < size else nullcontext():
-                with device.autocast():
-                    loss = loss_of(part)
-                weight = (part["labels"] != IGNORE_INDEX).sum() / tokens
-                (loss * weight * grad_scale).backward()
-            total += loss.detach() * weight
-    optimizer.step()  # no clipping, no schedule: as the authors' code
-    return total
-
-
-@torch.no_grad()
-def validation_losses(model: ELMRec, valid: dict[Task, Encoded], batch_size: int, device: Device,
-                      world: World = ONE_PROCESS) -> dict[str, float]:
-    """Per task: mean over prompts of the prompt's mean target-token cross-entropy (independent of batching).
-    Under DDP each process scores its share of the prompts and the sums are added up (the same on each)."""
-    model.eval()
-    losses = {}
-    for task, encoded in valid.items():
-        order = world.share(np.argsort(encoded.lengths, kind="stable"))  # similar lengths together: less padding
-        per_prompt = [torch.zeros(0, device=device.device)]
-        for begin in range(0, len(order), batch_size):
-            batch = device.put(collate(encoded, order[begin:begin + batch_size]))
-            labels = batch["labels"]  # (B, T)
-            with device.autocast():
-                logits = model(batch["input_ids"], batch["ww_ids"], batch["attention_mask"], task, labels=labels).logits
-            tokens = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
-                                     reduction="none")  # (B, T)
-            per_prompt.append(tokens.sum(1) / (labels != IGNORE_INDEX).sum(1))
-        scored = torch.cat(per_prompt).double()  # (prompts of this process,)
-        total, count = world.sum(torch.stack([scored.sum(), scored.new_tensor(len(scored))])).tolist()
-        losses[task.value] = total / count if count else math.nan
-    model.train()
-    return losses
 
 
 def run_epoch(model: ELMRec | DistributedDataParallel, optimizer: torch.optim.Optimizer, parts: list[TaskEpoch],

@@ -249,49 +249,6 @@ def test_recorded_variant_run_holds_the_training_curve(workdir: Path) -> None:
     assert artifacts == {"train/history.json", "train/loss_curves.png"}
 
 
-def test_micro_batches_give_the_gradient_of_the_whole_batch(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Slices of 2 prompts, weighted by their share of target tokens, add up to the whole batch's gradient (direct
-    prompts: the LightGCN propagation runs once per step, not per slice, and the gradients of every slice flow
-    back through it)."""
-    from transformers.models.t5.modeling_t5 import T5Attention
-
-    import elmrec.model
-    from elmrec.device import Device
-    from elmrec.pretrained import load_tokenizer
-    from elmrec.wholeword import collate
-
-    settings = tiny_settings(workdir)
-    data, device = TrainData.load(WorkPaths.from_settings(settings)), Device.resolve("cpu", "fp32")
-    model, _ = training.build_model(settings, data, device)
-    for module in model.modules():  # no dropout: both ways must see the same network
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        elif isinstance(module, T5Attention):
-            module.dropout = 0.0
-    prompts = training.epoch_prompts(Task.DIRECT, data, settings, epoch=1)[:5]
-    encoded = model.encode(load_tokenizer(settings.model), prompts, Task.DIRECT)
-    batch = collate(encoded, np.arange(5))
-    batch["labels"][[0, 3], 1:] = -100  # targets of 1, 2, 2, 1, 2 tokens: the slices' weights matter
-    assert (batch["labels"] != -100).sum(1).tolist() == [1, 2, 2, 1, 2]
-
-    propagations = []
-    propagate = elmrec.model._propagate
-    monkeypatch.setattr(elmrec.model, "_propagate", lambda *args: propagations.append(1) or propagate(*args))
-
-    def gradient(micro_batch_size: int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # a step that changes nothing
-        loss = training.train_step(model, optimizer, batch, Task.DIRECT, device, micro_batch_size)
-        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    whole_loss, whole = gradient(None)
-    sliced_loss, sliced = gradient(2)  # slices of 2, 2 and 1 prompts
-    assert len(propagations) == 2  # one per step, three slices or one
-    assert torch.allclose(sliced_loss, whole_loss, rtol=1e-6)
-    assert whole.keys() == sliced.keys() and "node_table.weight" in whole
-    for name, grad in whole.items():
-        assert (sliced[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name  # float32 rounding only
-
-
 def test_early_stopping_rules_on_a_scripted_loss_sequence() -> None:
     """patience 2 on 5, 4, 4.5, 3, 3.5, 3.6, ...: consecutive resets at the new best of epoch 4 and stops after
     epoch 6; cumulative (the authors') keeps epoch 3's count and stops after epoch 5."""

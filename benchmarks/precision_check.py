@@ -5,7 +5,8 @@
 
 Trains the `mini` preset (Beauty, first 3,000 users, reduced T5, up to 4 epochs) with `elmrec.train.train` on the
 CPU twice, in fp32 and with bf16 autocast (same seed, data, batches and dropout draws; only the precision
-differs), evaluates each best checkpoint with `elmrec.evaluate.evaluate_model` (the preset's 1,000 test users),
+differs; `--control` adds a third run, fp32 with the learning rate x (1 + 1e-6), as the noise floor), evaluates
+each best checkpoint with `elmrec.evaluate.evaluate_model` (the preset's 1,000 test users),
 and prints both best validation losses, every test metric, their relative differences and the training speed.
 
 The rule (issue 11): bf16 becomes the CPU default, on CPUs that do bf16 natively (`elmrec.device.
@@ -40,18 +41,23 @@ from elmrec.evaluate import evaluate_model
 from elmrec.train import train
 
 TOLERANCE = 0.01  # relative: bf16 must end within 1% of fp32
+CONTROL_LR_FACTOR = 1 + 1e-6  # --control: fp32 again with the learning rate moved by one part in a million
 COMPARED = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
 SMOKE = {"data": {"max_users": 100}, "train": {"max_epochs": 1, "valid_users": 10, "batch_size": 16},
          "eval": {"max_users": 10}}
 
 
 def settings_of(args: argparse.Namespace, precision: str) -> Settings:
+    """The run of `precision`: fp32, bf16, or "control" = fp32 with lr x CONTROL_LR_FACTOR."""
+    train = {"device": "cpu", "precision": "fp32" if precision == "control" else precision}
     overrides: dict[str, Any] = {
         "workdir": str(args.workdir), "data": {"dataset": "beauty", "mirror": args.mirror},
-        "model": {"model_mirror": args.model_mirror}, "train": {"device": "cpu", "precision": precision}}  # fmt: skip
+        "model": {"model_mirror": args.model_mirror}, "train": train}  # fmt: skip
     if args.smoke:
         for key, values in SMOKE.items():
             overrides[key] = {**overrides.get(key, {}), **values}
+    if precision == "control":
+        overrides["train"]["lr"] = settings_for("mini", overrides).train.lr * CONTROL_LR_FACTOR
     return settings_for("mini", overrides)
 
 
@@ -103,12 +109,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "elmrec-precision-check")
     parser.add_argument("--smoke", action="store_true", help="100 users, 1 epoch: only shows the script works")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--control", action="store_true", help="also train fp32 with lr x (1 + 1e-6): how far a "
+                        "rounding-level perturbation moves the figures (the noise floor of the 1%% rule)")
     args = parser.parse_args()
     native = cpu_supports_bf16()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}; "
           f"CPU does bf16 natively: {native}", flush=True)
-    runs = {precision: run(args, precision) for precision in ("fp32", "bf16")}
+    runs = {precision: run(args, precision) for precision in ("fp32", "bf16", "control")[: 3 if args.control else 2]}
     rows, within = compare(runs["fp32"], runs["bf16"])
+    control = compare(runs["fp32"], runs["control"])[0] if args.control else None
     for precision, figures in runs.items():
         print(f"{precision}: best epoch {figures['best_epoch']}, validation losses "
               f"{', '.join(f'{v:.4f}' for v in figures['valid_losses'])}; {figures['samples_per_s']:.1f} samples/s "
@@ -118,6 +127,11 @@ def main() -> None:
         stderr = f"{row['stderr']:.4f}" if row["stderr"] is not None else ""
         print(f"{row['name']:32} {row['fp32']:9.4f} {row['bf16']:9.4f} {100 * row['relative']:8.2f}%  {stderr}"
               f"{'' if row['within'] else '  > 1%'}")
+    if control:
+        print(f"control, fp32 with lr x {CONTROL_LR_FACTOR}: its gaps to fp32, beside bf16's")
+        for row, other in zip(rows, control, strict=True):
+            print(f"{row['name']:32} control {other['bf16']:9.4f} ({100 * other['relative']:5.2f}%)   bf16 "
+                  f"{row['bf16']:9.4f} ({100 * row['relative']:5.2f}%)")
     speed = runs["bf16"]["samples_per_s"] / runs["fp32"]["samples_per_s"]
     verdict = ("bf16 may become the CPU default where cpu_supports_bf16()" if within and native else
                "keep fp32 as the CPU default: " + ("this CPU has no native bf16" if within else
@@ -126,6 +140,7 @@ def main() -> None:
     print(f"verdict: {verdict}")
     if args.json:
         args.json.write_text(json.dumps({"cpu_supports_bf16": native, "runs": runs, "comparison": rows,
+                                         "control_comparison": control,
                                          "within_tolerance": within, "speed_ratio": speed, "verdict": verdict},
                                         indent=1) + "\n")
 

@@ -116,10 +116,16 @@ def test_eval_throughput_reports_every_mode(tmp_path: Path, real_mirror: Path) -
 @pytest.mark.slow
 def test_precision_check_smoke_compares_both_precisions(tmp_path: Path, real_mirror: Path) -> None:
     out = run_script("precision_check.py", "--smoke", "--mirror", str(real_mirror), "--model-mirror",
-                     str(T5_SMALL.parent), "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "p.json"))
+                     str(T5_SMALL.parent), "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "p.json"),
+                     "--control")
     figures = json.loads((tmp_path / "p.json").read_text())
-    assert set(figures["runs"]) == {"fp32", "bf16"} and isinstance(figures["cpu_supports_bf16"], bool)
-    assert [figures["runs"][p]["device"] for p in ("fp32", "bf16")] == ["cpu (fp32)", "cpu (bf16 autocast)"]
+    assert set(figures["runs"]) == {"fp32", "bf16", "control"} and isinstance(figures["cpu_supports_bf16"], bool)
+    assert [figures["runs"][p]["device"] for p in ("fp32", "bf16", "control")] == [
+        "cpu (fp32)", "cpu (bf16 autocast)", "cpu (fp32)"]
+    control = figures["control_comparison"]  # fp32 against fp32 with lr x (1 + 1e-6), row by row
+    assert [row["name"] for row in control] == [row["name"] for row in figures["comparison"]]
+    assert control[0]["bf16"] == figures["runs"]["control"]["best_valid_loss"]  # the column holds the control's
+    assert "control, fp32 with lr x 1.000001" in out
     names = [row["name"] for row in figures["comparison"]]
     assert names[0] == "best validation loss"
     assert {"direct/score hr@10", "sequential/constrained ndcg@5"} <= set(names)

@@ -138,3 +138,12 @@ def test_softmax_loss_benchmark_times_both_losses() -> None:
                      "--rounds", "2")
     assert out.startswith("8 positions x 50 items, d 4, chunk 16;")
     assert "plain" in out and "chunked is" in out and "x faster" in out
+
+
+def test_propagation_benchmark_times_both_products() -> None:
+    out = run_script("propagation.py", "--users", "30", "--items", "20", "--per-user", "3", "--dim", "8",
+                     "--layers", "2", "--rounds", "2")
+    assert out.startswith("51 nodes, ")
+    assert "coo" in out and "csr is" in out and "largest gradient difference" in out
+    gap = float(out.rsplit("largest gradient difference ", 1)[1])
+    assert gap < 1e-5  # the two products give the same gradient

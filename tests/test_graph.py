@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 import torch
 
 from elmrec.config import DataSettings
@@ -59,6 +60,28 @@ def test_torch_propagation_is_differentiable() -> None:
     propagate(normalized, table, 3)[1].sum().backward()  # user 1 only
     grads = table.grad.abs().sum(dim=1)
     assert grads[[1, 2, 3, 4]].gt(0).all() and grads[[0, 5]].eq(0).all()  # reached its component, not beyond
+
+
+def test_torch_propagation_gradient_equals_the_dense_one() -> None:
+    # The backward multiplies by Â itself (Â is symmetric): it must equal autograd through a dense Â.
+    normalized = normalize(bipartite_adjacency(USERS, ITEMS, 2, 3))
+    features = torch.randn(6, 4, dtype=torch.float64)
+    weights = torch.randn(6, 4, dtype=torch.float64)  # a loss that weighs every output differently
+    sparse_table = features.clone().requires_grad_(True)
+    (propagate(to_torch_sparse(normalized), sparse_table.float(), 3) * weights.float()).sum().backward()
+    dense, dense_table = torch.from_numpy(normalized.toarray()).double(), features.clone().requires_grad_(True)
+    layers = [dense_table]
+    for _ in range(3):
+        layers.append(dense @ layers[-1])  # autograd's own backward: dense.T @ grad
+    (torch.stack(layers).mean(0) * weights).sum().backward()
+    np.testing.assert_allclose(sparse_table.grad.numpy(), dense_table.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_to_torch_sparse_refuses_an_asymmetric_matrix() -> None:
+    asymmetric = sp.csr_matrix(np.array([[0.0, 1.0], [0.5, 0.0]], dtype=np.float32))
+    with pytest.raises(ValueError, match="symmetric"):
+        to_torch_sparse(asymmetric)
+    assert to_torch_sparse(asymmetric + asymmetric.T).layout is torch.sparse_csr
 
 
 def _preprocessed(tmp_path: Path, tiny_histories) -> DataPaths:

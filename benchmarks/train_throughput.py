@@ -14,7 +14,9 @@ of the machine's load hits both alike; the figure of merit is their ratio, measu
 backward of the propagation over the full graph (timed alone) over our direct step.
 Reports s/step, samples/s, the tokenizer time per batch that the trainer spends once per epoch, peak memory
 (CUDA: allocated by the step; CPU: the process's resident peak during the step, both models loaded).
-CPU always (`--cpu-bf16` adds bf16 autocast); on CUDA also fp32 against bf16 autocast. Timings on a shared
+CPU always (`--cpu-bf16` adds bf16 autocast); on CUDA also fp32 against bf16 autocast. On one device every
+precision's ours and stock T5 take turns on the same batches, so reduced precision is also measured against stock
+T5 in fp32 in the same run (`stock_fp32_s_per_step`). Timings on a shared
 machine vary with its load: the load average is printed. Busy cores hurt twice with several OpenMP threads
 (each parallel region waits for the slowest thread): run with OMP_WAIT_POLICY=PASSIVE, or compare `--threads 1`.
 """
@@ -29,6 +31,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -203,33 +207,60 @@ def summary(seconds: list[float], batch_size: int) -> dict[str, float]:
     return {"s_per_step": step, "min_s": min(seconds), "max_s": max(seconds), "samples_per_s": batch_size / step}
 
 
-def time_task(model: ELMRec, optimizer: torch.optim.Optimizer, stock: tuple[torch.nn.Module, torch.optim.Optimizer],
-              tokenizer: PreTrainedTokenizerBase, data: TrainData, settings: Settings, task: Task, device: Device,
-              args: argparse.Namespace, propagation_s: float) -> dict[str, Any]:
-    encoded, batches, encode_s = sample_batches(model, tokenizer, data, settings, task, args.batch_size,
+@dataclass
+class Contestant:
+    """One precision on one device: ELMRec and stock T5 with their optimizers, and the LightGCN seconds."""
+    device: Device
+    model: ELMRec
+    optimizer: torch.optim.Optimizer
+    stock: tuple[torch.nn.Module, torch.optim.Optimizer]
+    propagation_s: float
+
+
+def time_task(contestants: list[Contestant], tokenizer: PreTrainedTokenizerBase, data: TrainData,
+              settings: Settings, task: Task, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per contestant: ours and stock T5 of every precision take turns on the same batches. Each row also
+    holds stock T5 in fp32 from the same turns (`stock_fp32_s_per_step`) when fp32 is among the contestants."""
+    first = contestants[0]
+    encoded, batches, encode_s = sample_batches(first.model, tokenizer, data, settings, task, args.batch_size,
                                                 args.warmup + args.steps)
-    steps = {"elmrec": lambda b: train_step(model, optimizer, b, task, device, args.micro_batch),
-             "stock": lambda b: stock_step(*stock, b, device, args.micro_batch)}
+    steps: dict[str, StepFn] = {}
+    for c in contestants:
+        name = c.device.describe()
+        steps[f"{name} elmrec"] = partial(train_step, c.model, c.optimizer, task=task, device=c.device,
+                                          micro_batch_size=args.micro_batch)
+        steps[f"{name} stock"] = partial(stock_step, *c.stock, device=c.device, micro_batch_size=args.micro_batch)
     cpu_start, wall_start = time.process_time(), time.perf_counter()
-    timed = time_steps(steps, encoded, batches, device, args.warmup)
+    timed = time_steps(steps, encoded, batches, first.device, args.warmup)
     cores = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
-    ours, plain = summary(timed["elmrec"]["seconds"], args.batch_size), summary(timed["stock"]["seconds"], 1)
+    fp32 = next((c.device.describe() for c in contestants if c.device.amp_dtype is None), None)
+    shapes = batch_shapes(encoded, batches[args.warmup:], first.model.settings.prompt_num)
+    flops = float(np.mean([t5_train_flops(first.model.t5.config, *shape) for shape in shapes]))
     slices = -(-args.batch_size // (args.micro_batch or args.batch_size))  # LightGCN runs once per slice
-    lightgcn = propagation_s * slices if task is Task.DIRECT else 0.0
-    shapes = batch_shapes(encoded, batches[args.warmup:], model.settings.prompt_num)
-    flops = float(np.mean([t5_train_flops(model.t5.config, *shape) for shape in shapes]))
-    return {"task": task.value, "device": device.describe(), **ours, "peak_mib": timed["elmrec"]["peak_mib"],
-            "stock_s_per_step": plain["s_per_step"], "stock_min_s": plain["min_s"], "stock_max_s": plain["max_s"],
-            "stock_peak_mib": timed["stock"]["peak_mib"], "ratio_vs_stock": ours["s_per_step"] / plain["s_per_step"],
-            "propagation_s": lightgcn, "lightgcn_share": lightgcn / ours["s_per_step"], "cores_busy": cores,
-            "padded_length": float(np.mean([encoded.lengths[rows].max() for rows in batches])),
-            "encode_s_per_batch": encode_s, "timed_steps": len(timed["elmrec"]["seconds"]),
-            "tflop_per_step": flops / 1e12, "achieved_tflops": flops / 1e12 / ours["s_per_step"]}
+    rows = []
+    for c in contestants:
+        name = c.device.describe()
+        ours, plain = summary(timed[f"{name} elmrec"]["seconds"], args.batch_size), summary(
+            timed[f"{name} stock"]["seconds"], 1)
+        lightgcn = c.propagation_s * slices if task is Task.DIRECT else 0.0
+        row = {"task": task.value, "device": name, **ours, "peak_mib": timed[f"{name} elmrec"]["peak_mib"],
+               "stock_s_per_step": plain["s_per_step"], "stock_min_s": plain["min_s"], "stock_max_s": plain["max_s"],
+               "stock_peak_mib": timed[f"{name} stock"]["peak_mib"],
+               "ratio_vs_stock": ours["s_per_step"] / plain["s_per_step"],
+               "propagation_s": lightgcn, "lightgcn_share": lightgcn / ours["s_per_step"], "cores_busy": cores,
+               "padded_length": float(np.mean([encoded.lengths[rows].max() for rows in batches])),
+               "encode_s_per_batch": encode_s, "timed_steps": len(timed[f"{name} elmrec"]["seconds"]),
+               "tflop_per_step": flops / 1e12, "achieved_tflops": flops / 1e12 / ours["s_per_step"]}
+        if fp32 is not None:
+            row["stock_fp32_s_per_step"] = float(np.mean(timed[f"{fp32} stock"]["seconds"]))
+        rows.append(row)
+    return rows
 
 
 def print_row(row: dict[str, Any], device: Device) -> None:
     memory = "GPU allocated" if device.device.type == "cuda" else "RSS"
-    print(f"  {row['task']:<10} ours {row['s_per_step']:7.3f} s/step ({row['min_s']:.3f}-{row['max_s']:.3f}), "
+    print(f"  {row['device']} {row['task']:<10} ours {row['s_per_step']:7.3f} s/step "
+          f"({row['min_s']:.3f}-{row['max_s']:.3f}), "
           f"stock T5 {row['stock_s_per_step']:7.3f} s/step ({row['stock_min_s']:.3f}-{row['stock_max_s']:.3f}): "
           f"ours/stock {row['ratio_vs_stock']:.2f}x; LightGCN {100 * row['lightgcn_share']:.0f}% of ours;  "
           f"{row['samples_per_s']:6.2f} samples/s  {1e3 * row['achieved_tflops']:.0f} GFLOP/s  "
@@ -256,6 +287,26 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def contestants_on(device_type: str, args: argparse.Namespace) -> list[Device]:
+    """The precisions timed together on one device: CPU fp32 (+ bf16 autocast with --cpu-bf16); CUDA both."""
+    precisions = [None, torch.bfloat16] if device_type == "cuda" or args.cpu_bf16 else [None]
+    return [Device(torch.device(device_type), amp_dtype) for amp_dtype in precisions]
+
+
+def print_alternating(rows: list[dict[str, Any]], batch_size: int) -> None:
+    """Training alternates one batch of each task: per precision, the pair's throughput, ours against stock T5
+    of the same precision and, for reduced precisions, against stock T5 in fp32 (timed in the same turns)."""
+    for name in dict.fromkeys(row["device"] for row in rows):
+        pair = [row for row in rows if row["device"] == name]
+        ours, plain = (sum(row[key] for row in pair) for key in ("s_per_step", "stock_s_per_step"))
+        line = (f"  alternating, {name}: ours {2 * batch_size / ours:.2f} samples/s, stock T5 "
+                f"{2 * batch_size / plain:.2f} samples/s: ours/stock time {ours / plain:.2f}x")
+        if "(fp32)" not in name and all("stock_fp32_s_per_step" in row for row in pair):
+            fp32 = sum(row["stock_fp32_s_per_step"] for row in pair)
+            line += f"; stock T5 in fp32 / ours: {fp32 / ours:.2f}x (ours faster above 1)"
+        print(line, flush=True)
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -270,34 +321,32 @@ def main() -> None:
           f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), load average {os.getloadavg()[0]:.2f}; "
           f"Beauty {data.n_users} users, {data.n_items} items; batch {args.batch_size} "
           f"(micro-batches of {args.micro_batch or args.batch_size}), "
-          f"{args.warmup} warm-up + {args.steps} timed steps, ours and stock T5 alternating", flush=True)
-    devices = [] if args.skip_cpu else [Device(torch.device("cpu"), None)]
-    if args.cpu_bf16:
-        devices.append(Device(torch.device("cpu"), torch.bfloat16))
-    if torch.cuda.is_available():
-        devices += [Device(torch.device("cuda"), None), Device(torch.device("cuda"), torch.bfloat16)]
-    if not devices:
+          f"{args.warmup} warm-up + {args.steps} timed steps; on each device every precision's ours and stock T5 "
+          f"take turns on the same batches", flush=True)
+    device_types = ([] if args.skip_cpu else ["cpu"]) + (["cuda"] if torch.cuda.is_available() else [])
+    if not device_types:
         raise SystemExit("--skip-cpu leaves nothing to time: CUDA is not available here")
     rows = []
-    for device in devices:
-        model, pretrained = build_model(settings, data, device)
-        optimizer, stock = make_optimizer(model, settings), stock_model(settings, device)
-        prop = time_propagation(model, device)
-        shape = settings.model.model_name + (" (reduced)" if settings.model.reduced else "")
-        print(f"{device.describe()}: {shape} {'pretrained' if pretrained else 'random init'}, "
-              f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters (stock T5 "
-              f"{sum(p.numel() for p in stock[0].parameters()) / 1e6:.1f}M); "
-              f"LightGCN fwd+bwd over {model.n_nodes} nodes: {prop:.3f} s", flush=True)
-        pair = []
+    for device_type in device_types:
+        contestants = []
+        for device in contestants_on(device_type, args):
+            model, pretrained = build_model(settings, data, device)
+            optimizer, stock = make_optimizer(model, settings), stock_model(settings, device)
+            contestants.append(Contestant(device, model, optimizer, stock, time_propagation(model, device)))
+            shape = settings.model.model_name + (" (reduced)" if settings.model.reduced else "")
+            print(f"{device.describe()}: {shape} {'pretrained' if pretrained else 'random init'}, "
+                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters (stock T5 "
+                  f"{sum(p.numel() for p in stock[0].parameters()) / 1e6:.1f}M); "
+                  f"LightGCN fwd+bwd over {model.n_nodes} nodes: {contestants[-1].propagation_s:.3f} s", flush=True)
+        group = []
         for task in (Task.SEQUENTIAL, Task.DIRECT):
-            rows.append(time_task(model, optimizer, stock, tokenizer, data, settings, task, device, args, prop))
-            pair.append((rows[-1]["s_per_step"], rows[-1]["stock_s_per_step"]))
-            print_row(rows[-1], device)
-        ours, plain = (sum(p[k] for p in pair) for k in (0, 1))  # training alternates one batch of each task
-        print(f"  alternating  ours {2 * args.batch_size / ours:.2f} samples/s, stock T5 "
-              f"{2 * args.batch_size / plain:.2f} samples/s: ours/stock time {ours / plain:.2f}x", flush=True)
-        del model, optimizer, stock
-        if device.device.type == "cuda":
+            group += time_task(contestants, tokenizer, data, settings, task, args)
+        for row in sorted(group, key=lambda row: row["device"] != group[0]["device"]):  # by precision
+            print_row(row, contestants[0].device)
+        print_alternating(group, args.batch_size)
+        rows += sorted(group, key=lambda row: row["device"] != group[0]["device"])
+        del contestants
+        if device_type == "cuda":
             torch.cuda.empty_cache()
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:

@@ -9,8 +9,8 @@ small enough to stay in cache: the forward pass keeps only a running logsumexp p
 pass recomputes each chunk's logits (one extra matrix product) to form its softmax gradient. Below it the plain
 loss is as fast or faster, and is used. Same value and gradients either way, up to float rounding
 (tests/test_softmax_loss.py). `python benchmarks/softmax_loss.py` times both on one shape; on this 2-core CPU
-(2026-11-28, quiet) 683 x 18,357 took 127 ms plain and 58-76 ms chunked, 300 x 18,357 took 24-29 ms plain and
-36 ms chunked.
+(2026-11-28, quiet, chunks of 256) 683 x 18,357 took 115 ms plain and 69 ms chunked, 300 x 18,357 took 24-29 ms
+plain and 36 ms chunked.
 
 Always computed in fp32, also under autocast; the gradients come back in the inputs' dtypes.
 """

@@ -32,9 +32,14 @@ def run_script(name: str, *args: str) -> str:
 def test_train_throughput_reports_both_tasks_against_stock_t5(tmp_path: Path, real_mirror: Path) -> None:
     out = run_script("train_throughput.py", "--preset", "demo", "--mirror", str(real_mirror), "--model-mirror",
                      str(T5_SMALL.parent), "--workdir", str(tmp_path), "--batch-size", "4", "--warmup", "0",
-                     "--steps", "2", "--json", str(tmp_path / "figures.json"))
+                     "--steps", "2", "--cpu-bf16", "--json", str(tmp_path / "figures.json"))
     rows = json.loads((tmp_path / "figures.json").read_text())
-    assert [(r["task"], r["device"]) for r in rows] == [("sequential", "cpu (fp32)"), ("direct", "cpu (fp32)")]
+    assert [(r["task"], r["device"]) for r in rows] == [
+        ("sequential", "cpu (fp32)"), ("direct", "cpu (fp32)"),
+        ("sequential", "cpu (bf16 autocast)"), ("direct", "cpu (bf16 autocast)")]
+    for fp32, bf16 in zip(rows[:2], rows[2:], strict=True):  # the same turns: stock fp32 is timed once per task
+        assert fp32["stock_fp32_s_per_step"] == bf16["stock_fp32_s_per_step"] == fp32["stock_s_per_step"]
+    assert "stock T5 in fp32 / ours:" in out
     for row in rows:
         assert row["min_s"] <= row["s_per_step"] <= row["max_s"] and row["peak_mib"] > 0
         assert row["stock_min_s"] <= row["stock_s_per_step"] <= row["stock_max_s"] and row["stock_peak_mib"] > 0
@@ -42,7 +47,7 @@ def test_train_throughput_reports_both_tasks_against_stock_t5(tmp_path: Path, re
         assert row["ratio_vs_stock"] == pytest.approx(row["s_per_step"] / row["stock_s_per_step"])
         assert row["timed_steps"] == 2 and row["tflop_per_step"] > 0
         assert "speedup_vs_paper" not in row  # no division by figures measured elsewhere
-    sequential, direct = rows
+    sequential, direct = rows[:2]
     assert direct["padded_length"] > 300 > 50 > sequential["padded_length"]  # 100 candidates vs 20 history items
     assert direct["propagation_s"] > 0 == sequential["propagation_s"] == sequential["lightgcn_share"]
     assert direct["lightgcn_share"] == pytest.approx(direct["propagation_s"] / direct["s_per_step"])

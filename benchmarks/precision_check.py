@@ -9,11 +9,18 @@ differs; `--control` adds a third run, fp32 with the learning rate x (1 + 1e-6),
 each best checkpoint with `elmrec.evaluate.evaluate_model` (the preset's 1,000 test users),
 and prints both best validation losses, every test metric, their relative differences and the training speed.
 
-The rule (issue 11): bf16 becomes the CPU default, on CPUs that do bf16 natively (`elmrec.device.
-cpu_supports_bf16`: the avx512_bf16 / amx_bf16 flags of /proc/cpuinfo, Arm's bf16 feature), only if the best
-validation loss and every HR/NDCG of bf16 end within 1% (relative) of fp32's. The standard error of each HR over
-the test users is printed beside it: on 1,000 users a 1% relative gap is well inside the sampling noise, so a
-failed verdict on the metrics alone says "not shown equal", not "worse". Takes about 2 x 25 minutes on 2 cores.
+Two rules, both printed; with --control the second decides. bf16 can only become the CPU default on CPUs that
+do bf16 natively (`elmrec.device.cpu_supports_bf16`: the avx512_bf16 / amx_bf16 flags of /proc/cpuinfo, Arm's
+bf16 feature).
+- The 1% rule (issue 11 as filed): the best validation loss and every HR/NDCG of bf16 end within 1% (relative)
+  of fp32's. The control showed that fp32 itself fails it: a learning rate moved by one part in a million moved
+  direct HR@10 by 4% and NDCG@10 by 6% (2026-11-28), so on the metrics it measures the chaos of training.
+- The noise-floor rule (set on 2026-11-28 after that control, before this script's next run): the best
+  validation loss within 1% of fp32's, and each headline metric (`HEADLINE`: direct/score HR@10 and NDCG@10,
+  the ones with enough hits in 1,000 users to measure; sequential/constrained has a handful) within the larger
+  of 1% and NOISE_FACTOR x the control's own gap to fp32. One control is one draw of that noise, hence the
+  factor 2 rather than 1.
+The standard error of each HR over the test users is printed beside it. Takes about 3 x 20 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from elmrec.train import train
 TOLERANCE = 0.01  # relative: bf16 must end within 1% of fp32
 CONTROL_LR_FACTOR = 1 + 1e-6  # --control: fp32 again with the learning rate moved by one part in a million
 COMPARED = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10")
+HEADLINE = ("direct/score hr@10", "direct/score ndcg@10")  # the noise-floor rule's metrics
+NOISE_FACTOR = 2.0  # the noise-floor rule: a headline gap may reach this many times the control's
 SMOKE = {"data": {"max_users": 100}, "train": {"max_epochs": 1, "valid_users": 10, "batch_size": 16},
          "eval": {"max_users": 10}}
 
@@ -101,6 +110,20 @@ def compare(fp32: dict[str, Any], bf16: dict[str, Any]) -> tuple[list[dict[str, 
     return rows, all(row["within"] for row in rows)
 
 
+def noise_floor(rows: list[dict[str, Any]], control: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """The noise-floor rule: the validation loss within TOLERANCE, each HEADLINE metric within the larger of
+    TOLERANCE and NOISE_FACTOR x the control's relative gap. Its rows (name, bf16 gap, allowed, within) and verdict."""
+    controls = {row["name"]: row["relative"] for row in control}
+    checked = []
+    for row in rows:
+        if row["name"] == "best validation loss" or row["name"] in HEADLINE:
+            allowed = TOLERANCE if row["name"] == "best validation loss" else max(
+                TOLERANCE, NOISE_FACTOR * controls[row["name"]])
+            checked.append({"name": row["name"], "bf16": row["relative"], "control": controls[row["name"]],
+                            "allowed": allowed, "within": row["relative"] <= allowed})
+    return checked, all(row["within"] for row in checked)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     shared = Path(__file__).resolve().parents[2] / "shared"
@@ -132,15 +155,28 @@ def main() -> None:
         for row, other in zip(rows, control, strict=True):
             print(f"{row['name']:32} control {other['bf16']:9.4f} ({100 * other['relative']:5.2f}%)   bf16 "
                   f"{row['bf16']:9.4f} ({100 * row['relative']:5.2f}%)")
+    floor, floor_within = noise_floor(rows, control) if control else ([], False)
+    if control:
+        print(f"noise-floor rule (validation loss within 1%; {', '.join(HEADLINE)} within max(1%, "
+              f"{NOISE_FACTOR:g} x the control's gap)):")
+        for row in floor:
+            print(f"{row['name']:32} bf16 {100 * row['bf16']:5.2f}%  control {100 * row['control']:5.2f}%  allowed "
+                  f"{100 * row['allowed']:5.2f}%  {'within' if row['within'] else 'OUTSIDE'}")
+    print(f"1% rule: {'within' if within else 'not within'}"
+          + (f"; noise-floor rule: {'within' if floor_within else 'not within'}" if control else
+             "; the noise-floor rule needs --control"))
     speed = runs["bf16"]["samples_per_s"] / runs["fp32"]["samples_per_s"]
-    verdict = ("bf16 may become the CPU default where cpu_supports_bf16()" if within and native else
-               "keep fp32 as the CPU default: " + ("this CPU has no native bf16" if within else
-                                                   "bf16 does not end within 1% of fp32 on every figure"))
+    passed = floor_within if control else within
+    rule = "the noise-floor rule" if control else "the 1% rule"
+    verdict = (f"bf16 may become the CPU default where cpu_supports_bf16() ({rule})" if passed and native else
+               "keep fp32 as the CPU default: " + ("this CPU has no native bf16" if passed else
+                                                   f"bf16 fails {rule}"))
     print(f"bf16 / fp32 training speed: {speed:.2f}x; load average at the end {os.getloadavg()[0]:.2f}")
     print(f"verdict: {verdict}")
     if args.json:
         args.json.write_text(json.dumps({"cpu_supports_bf16": native, "runs": runs, "comparison": rows,
-                                         "control_comparison": control,
+                                         "control_comparison": control, "noise_floor": floor,
+                                         "noise_floor_within": floor_within if control else None,
                                          "within_tolerance": within, "speed_ratio": speed, "verdict": verdict},
                                         indent=1) + "\n")
 

@@ -135,7 +135,15 @@ def test_precision_check_smoke_compares_both_precisions(tmp_path: Path, real_mir
     assert names[0] == "best validation loss"
     assert {"direct/score hr@10", "sequential/constrained ndcg@5"} <= set(names)
     assert figures["within_tolerance"] == all(row["within"] for row in figures["comparison"])
-    assert "verdict:" in out
+    floor = {row["name"]: row for row in figures["noise_floor"]}  # the noise-floor rule's rows
+    assert list(floor) == ["best validation loss", "direct/score hr@10", "direct/score ndcg@10"]
+    assert floor["best validation loss"]["allowed"] == 0.01
+    by_name = {row["name"]: row for row in control}
+    for name in ("direct/score hr@10", "direct/score ndcg@10"):
+        assert floor[name]["control"] == by_name[name]["relative"]
+        assert floor[name]["allowed"] == max(0.01, 2 * by_name[name]["relative"])
+    assert figures["noise_floor_within"] == all(row["within"] for row in floor.values())
+    assert "noise-floor rule" in out and "verdict:" in out
 
 
 def test_softmax_loss_benchmark_times_both_losses() -> None:

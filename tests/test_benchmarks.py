@@ -122,9 +122,10 @@ def test_eval_throughput_reports_every_mode(tmp_path: Path, real_mirror: Path) -
 def test_precision_check_smoke_compares_both_precisions(tmp_path: Path, real_mirror: Path) -> None:
     out = run_script("precision_check.py", "--smoke", "--mirror", str(real_mirror), "--model-mirror",
                      str(T5_SMALL.parent), "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "p.json"),
-                     "--control")
+                     "--control", "--seed", "7")
     figures = json.loads((tmp_path / "p.json").read_text())
     assert set(figures["runs"]) == {"fp32", "bf16", "control"} and isinstance(figures["cpu_supports_bf16"], bool)
+    assert list((tmp_path / "work" / "beauty").glob("p5-seed7-u100-*"))  # --seed reached the runs' settings
     assert [figures["runs"][p]["device"] for p in ("fp32", "bf16", "control")] == [
         "cpu (fp32)", "cpu (bf16 autocast)", "cpu (fp32)"]
     control = figures["control_comparison"]  # fp32 against fp32 with lr x (1 + 1e-6), row by row

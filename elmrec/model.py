@@ -115,7 +115,8 @@ class ELMRec(nn.Module):
             else {}
         )
         self._cache: tuple[tuple[Any, ...], torch.Tensor] | None = None  # eval-mode propagated table
-        self._step_table: torch.Tensor | None = None  # inside `propagation_once`: the step's table (a leaf)
+        self._in_step = False  # inside `propagation_once`
+        self._step_table: tuple[torch.Tensor, torch.Tensor] | None = None  # there: (propagated table, its leaf copy)
 
     def ww_mode(self, task: Task) -> WholeWordMode:
         """Which ww id scheme prompts of `task` use: graph node indices or order of appearance."""
@@ -144,8 +145,11 @@ class ELMRec(nn.Module):
         weight = self.node_table.weight
         if not self.propagates:
             return _zero_row0(weight)
-        if self._step_table is not None:
-            return self._step_table
+        if self._in_step:
+            if self._step_table is None:  # the step's first use: propagate once for all its micro-batches
+                table = _zero_row0(_propagate(self.adjacency, weight, self.settings.n_layers))
+                self._step_table = (table, table.detach().requires_grad_(True))
+            return self._step_table[1]
         if self.training or torch.is_grad_enabled():
             return _zero_row0(_propagate(self.adjacency, weight, self.settings.n_layers))
         key = (weight.data_ptr(), weight.device, weight.dtype, self.adjacency.device)  # moved or cast: recompute
@@ -157,23 +161,23 @@ class ELMRec(nn.Module):
     def propagation_once(self) -> Iterator[None]:
         """One optimizer step's forwards and backwards (micro-batches) share one propagated table.
 
-        Inside, `node_embeddings` returns a detached copy of the propagated table that collects the gradients of
-        every backward; on leaving, that gradient goes back through the propagation once. The weights' gradient
-        is the same as propagating per forward (the gradient is linear in the table's), at the cost of one
-        propagation and one backward through it per step instead of one per micro-batch. Does nothing when the
-        model does not propagate or gradients are off."""
-        if not self.propagates or not torch.is_grad_enabled() or self._step_table is not None:
+        Inside, the first call of `node_embeddings` propagates, and it and every later one return a detached copy
+        of the propagated table that collects the gradients of every backward; on leaving, that gradient goes
+        back through the propagation once. The weights' gradient is the same as propagating per forward (the
+        gradient is linear in the table's), at the cost of one propagation and one backward through it per step
+        instead of one per micro-batch; a step that never reads the node table (sequential prompts, which index
+        the incremental table) propagates nothing. Does nothing when the model does not propagate or gradients
+        are off."""
+        if not self.propagates or not torch.is_grad_enabled() or self._in_step:
             yield
             return
-        table = self.node_embeddings()
-        leaf = table.detach().requires_grad_(True)
-        self._step_table = leaf
+        self._in_step = True
         try:
             yield
         finally:
-            self._step_table = None
-        if leaf.grad is not None:  # reached only when the body raised nothing
-            table.backward(leaf.grad)
+            self._in_step, step, self._step_table = False, self._step_table, None
+        if step is not None and step[1].grad is not None:  # reached only when the body raised nothing
+            step[0].backward(step[1].grad)
 
     def ww_table(self, task: Task) -> torch.Tensor:
         """The ww table (rows, d) prompts of `task` index; row 0 is zero."""

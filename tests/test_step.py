@@ -69,3 +69,26 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch(workdir: Path, monke
     assert whole.keys() == sliced.keys() and "node_table.weight" in whole
     for name, grad in whole.items():
         assert (sliced[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name  # float32 rounding only
+
+
+def test_a_sequential_step_propagates_nothing(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sequential prompts index the incremental table, so their step neither runs LightGCN nor touches the node
+    table; a direct step runs it once."""
+    import elmrec.model
+    from elmrec.device import Device
+    from elmrec.pretrained import load_tokenizer
+    from elmrec.wholeword import collate
+
+    settings = tiny_settings(workdir)
+    data, device = TrainData.load(WorkPaths.from_settings(settings)), Device.resolve("cpu", "fp32")
+    model, _ = build_model(settings, data, device)
+    propagations = []
+    propagate = elmrec.model._propagate
+    monkeypatch.setattr(elmrec.model, "_propagate", lambda *args: propagations.append(1) or propagate(*args))
+    tokenizer, optimizer = load_tokenizer(settings.model), torch.optim.SGD(model.parameters(), lr=0.0)
+    for task, expected in ((Task.SEQUENTIAL, 0), (Task.DIRECT, 1)):
+        encoded = model.encode(tokenizer, epoch_prompts(task, data, settings, epoch=1)[:4], task)
+        train_step(model, optimizer, collate(encoded, np.arange(4)), task, device)
+        assert len(propagations) == expected, task
+        assert (model.node_table.weight.grad is not None) == (task is Task.DIRECT)
+        assert model.incremental_table.weight.grad is not None or task is Task.DIRECT

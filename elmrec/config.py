@@ -118,8 +118,8 @@ class TrainSettings(_Strict):
     max_history: int = Field(20, ge=1)  # history items in a sequential prompt
     valid_users: int | None = Field(2000, ge=1)  # users for the validation loss; None = all
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16 on CPU
-    #                                                      is ~1.5-2x faster on recent x86 but less exact)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device does bf16 natively
+    #   (CUDA; CPUs with AVX512-BF16, AMX-BF16 or Arm BF16: elmrec.device), else fp32; README, Speed: the evidence
     attention: Literal["sdpa", "eager"] = "sdpa"  # T5's attention kernel: PyTorch's fused SDPA, or the eager one
     compile: bool = False  # torch.compile T5 (dynamic shapes); pays off on GPUs only once the compile is amortised
     nproc: int = Field(1, ge=1)  # training processes; > 1: DDP under torchrun, one GPU each (gloo on CPU), every
@@ -286,14 +286,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "data": {"max_users": 2000},
         "model": {"reduced": {}},
-        "train": {"batch_size": 32, "max_epochs": 3, "patience": 2, "valid_users": 200},
+        # fp32: the reduced T5's products are too small to gain from bf16: on a 2-core AVX512-BF16 CPU its steps
+        # took 6% longer in bf16 (train_throughput.py --preset mini --cpu-bf16, 2026-11-28; README, Speed)
+        "train": {"batch_size": 32, "max_epochs": 3, "patience": 2, "valid_users": 200, "precision": "fp32"},
         "eval": {"max_users": 200, "direct_beams": 10, "sequential_beams": 10, "rerank_n": 5},  # beams >= top_n
     },
     # A larger subset for a first comparison of variants, under 30 minutes on 2 CPU cores (ELMRec + POD).
     "mini": {
         "data": {"max_users": 3000},
         "model": {"reduced": {}},
-        "train": {"batch_size": 32, "max_epochs": 4, "patience": 2, "valid_users": 300},
+        "train": {"batch_size": 32, "max_epochs": 4, "patience": 2, "valid_users": 300, "precision": "fp32"},  # as demo
         "eval": {"max_users": 1000},
     },
 }

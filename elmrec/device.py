@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -16,14 +17,16 @@ class Device:
 
     @classmethod
     def resolve(cls, name: str, precision: str = "auto") -> Device:
-        """auto: CUDA when available, else CPU; precision auto: bf16 autocast on CUDA (if supported), fp32 on CPU."""
+        """auto: CUDA when available, else CPU; precision auto: bf16 autocast where the device does bf16 natively
+        (CUDA: torch.cuda.is_bf16_supported(); CPU: `cpu_supports_bf16`), else fp32. The CPU's default is the
+        verdict of benchmarks/precision_check.py (README, Speed)."""
         if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
             if not torch.cuda.is_available():
                 raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-            device = torch.device("cuda")
-            bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
+            device, native = torch.device("cuda"), torch.cuda.is_bf16_supported()
         else:
-            device, bf16 = torch.device("cpu"), precision == "bf16"
+            device, native = torch.device("cpu"), cpu_supports_bf16()
+        bf16 = precision == "bf16" or (precision == "auto" and native)
         return cls(device, torch.bfloat16 if bf16 else None)
 
     def autocast(self) -> AbstractContextManager[Any]:
@@ -45,16 +48,22 @@ class Device:
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 /proc/cpuinfo flags; "bf16": Arm Features
 
 
+@functools.cache
+def _proc_cpuinfo() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
 def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
     """Whether the CPU does bf16 arithmetic natively, where bf16 autocast pays off (x86: the AVX512-BF16 or
     AMX-BF16 flag of /proc/cpuinfo; Arm: the BF16 feature). False where it cannot be told (no /proc/cpuinfo).
     Without these, bf16 autocast on a CPU is emulated and slower than fp32."""
+    cpuinfo = _proc_cpuinfo() if cpuinfo is None else cpuinfo
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
-                cpuinfo = file.read()
-        except OSError:
-            return False
+        return False
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip().lower() in ("flags", "features") and CPU_BF16_FLAGS & set(value.split()):

@@ -236,13 +236,12 @@ def time_task(contestants: list[Contestant], tokenizer: PreTrainedTokenizerBase,
     fp32 = next((c.device.describe() for c in contestants if c.device.amp_dtype is None), None)
     shapes = batch_shapes(encoded, batches[args.warmup:], first.model.settings.prompt_num)
     flops = float(np.mean([t5_train_flops(first.model.t5.config, *shape) for shape in shapes]))
-    slices = -(-args.batch_size // (args.micro_batch or args.batch_size))  # LightGCN runs once per slice
     rows = []
     for c in contestants:
         name = c.device.describe()
         ours, plain = summary(timed[f"{name} elmrec"]["seconds"], args.batch_size), summary(
             timed[f"{name} stock"]["seconds"], 1)
-        lightgcn = c.propagation_s * slices if task is Task.DIRECT else 0.0
+        lightgcn = c.propagation_s if task is Task.DIRECT else 0.0  # once per step (ELMRec.propagation_once)
         row = {"task": task.value, "device": name, **ours, "peak_mib": timed[f"{name} elmrec"]["peak_mib"],
                "stock_s_per_step": plain["s_per_step"], "stock_min_s": plain["min_s"], "stock_max_s": plain["max_s"],
                "stock_peak_mib": timed[f"{name} stock"]["peak_mib"],
@@ -341,10 +340,12 @@ def main() -> None:
         group = []
         for task in (Task.SEQUENTIAL, Task.DIRECT):
             group += time_task(contestants, tokenizer, data, settings, task, args)
-        for row in sorted(group, key=lambda row: row["device"] != group[0]["device"]):  # by precision
+        fp32_first = contestants[0].device.describe()
+        group.sort(key=lambda row: row["device"] != fp32_first)  # by precision, each in task order
+        for row in group:
             print_row(row, contestants[0].device)
         print_alternating(group, args.batch_size)
-        rows += sorted(group, key=lambda row: row["device"] != group[0]["device"])
+        rows += group
         del contestants
         if device_type == "cuda":
             torch.cuda.empty_cache()

@@ -1,18 +1,20 @@
 """What each stage reads and writes, and when its stored output is still what a rerun would produce.
 
 A stage's fingerprint hashes (1) the settings that shape its output (elmrec.shapes), (2) the SHA-256 of every
-input file, (3) the source of the library modules that do its work, and (4) where it writes. A stage that
-completes records its fingerprint in its output folder (`.stage.json`, via `recording`); the stage is up to
-date only while that record matches the fingerprint computed now. So replacing a user's input files, fixing a
+input file, (3) the source of the library modules that do its work — the stage's own modules and every library
+module they import, directly or not, read from the code (`sources`), so that no list can miss a helper module —
+and (4) where it writes. A stage that completes records its fingerprint in its output folder (`.stage.json`,
+via `recording`); the stage is up to date only while that record matches the fingerprint computed now. So replacing a user's input files, fixing a
 bad one, or changing the code reruns that stage and, through their changed inputs, every stage downstream.
 
 The download stage's inputs are the source files when they sit in a local folder (`--source local`, or a
 folder mirror): their contents are checked like any other input. Remote files of the `p5` source are pinned
-by the SHA-256 sums in elmrec.data.download, whose source is part of the fingerprint.
+by the SHA-256 sums in elmrec.data.sources, whose source is part of the fingerprint.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
@@ -29,31 +31,74 @@ from elmrec.shapes import digest, own_settings
 
 RECORD = ".stage.json"  # the fingerprint an output was built from, in the output's folder
 
-# The library modules whose code determines each stage's output (train and evaluate: per recommender).
+# The library modules that do each stage's work (train and evaluate: per recommender); `sources` adds what they import.
 SOURCES: dict[str, tuple[str, ...]] = {
     "download": ("elmrec.data.download",),
-    "preprocess": ("elmrec.data.preprocess", "elmrec.data.p5", "elmrec.data.amazon", "elmrec.data.negatives",
-                   "elmrec.data.schemas"),
-    "graph": ("elmrec.graph", "elmrec.propagation"),
-    "baselines": ("elmrec.evaluate", "elmrec.baselines", "elmrec.metrics"),
+    "preprocess": ("elmrec.data.preprocess",),
+    "graph": ("elmrec.graph",),
+    "baselines": ("elmrec.evaluate", "elmrec.baselines"),
 }
 MODEL_SOURCES: dict[str, dict[str, tuple[str, ...]]] = {
-    "elmrec": {"train": ("elmrec.train", "elmrec.model", "elmrec.prompts", "elmrec.wholeword", "elmrec.propagation"),
-               "evaluate": ("elmrec.evaluate", "elmrec.decode", "elmrec.likelihood", "elmrec.trie", "elmrec.metrics",
-                            "elmrec.model", "elmrec.prompts", "elmrec.wholeword")},
-    "sasrec": {"train": ("elmrec.classic", "elmrec.classic_batches", "elmrec.classic_checkpoint", "elmrec.sasrec"),
-               "evaluate": ("elmrec.classic", "elmrec.classic_eval", "elmrec.classic_batches", "elmrec.sasrec",
-                            "elmrec.evaluate", "elmrec.metrics")},
-    "lightgcn": {"train": ("elmrec.classic", "elmrec.classic_batches", "elmrec.classic_checkpoint", "elmrec.lightgcn",
-                           "elmrec.propagation"),
-                 "evaluate": ("elmrec.classic", "elmrec.classic_eval", "elmrec.classic_batches", "elmrec.lightgcn",
-                              "elmrec.propagation", "elmrec.evaluate", "elmrec.metrics")},
+    "elmrec": {"train": ("elmrec.train",), "evaluate": ("elmrec.evaluate",)},
+    "sasrec": {"train": ("elmrec.classic", "elmrec.sasrec"), "evaluate": ("elmrec.classic", "elmrec.sasrec")},
+    "lightgcn": {"train": ("elmrec.classic", "elmrec.lightgcn"), "evaluate": ("elmrec.classic", "elmrec.lightgcn")},
 }
+
+
+# Library modules that shape no stage's output, and whose imports are not followed: settings are fingerprinted as
+# values, and these only name, lay out or show things.
+NOT_SHAPING = frozenset({"elmrec.config", "elmrec.shapes", "elmrec.paths", "elmrec.stages", "elmrec.progress"})
 
 
 def sources(settings: Settings, stage: str) -> tuple[str, ...]:
-    """The modules whose code shapes `stage`'s output under these settings."""
-    return MODEL_SOURCES[settings.recommender][stage] if stage in ("train", "evaluate") else SOURCES[stage]
+    """The modules whose code shapes `stage`'s output under these settings: its own modules and all they import."""
+    own = MODEL_SOURCES[settings.recommender][stage] if stage in ("train", "evaluate") else SOURCES[stage]
+    return import_closure(own)
+
+
+@cache
+def import_closure(modules: tuple[str, ...], package: str = "elmrec",
+                   not_shaping: frozenset[str] = NOT_SHAPING) -> tuple[str, ...]:
+    """`modules` and every module of `package` they import, directly or through each other (read from their
+    source, never imported), sorted; `not_shaping` modules are left out and not followed."""
+    seen: set[str] = set()
+    todo = [m for m in modules if m not in not_shaping]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += [m for m in imported_modules(module, package) if m not in not_shaping]
+    return tuple(sorted(seen))
+
+
+def imported_modules(module: str, package: str) -> set[str]:
+    """The modules of `package` that `module`'s source imports (`from a import b` names a.b where b is a module)."""
+    path = module_file(module)
+    if path is None:
+        return set()
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        for name in names:
+            if name != package and not name.startswith(package + "."):
+                continue
+            submodules = [f"{name}.{alias.name}" for alias in node.names if isinstance(node, ast.ImportFrom)
+                          and module_file(f"{name}.{alias.name}") is not None]
+            found.update(submodules or [name])
+    return found
+
+
+@cache
+def module_file(module: str) -> Path | None:
+    """A module's source file, found from its dotted name under its top package's folder (nothing is imported
+    but that package); None when there is none (a name imported from a module, a module not written yet)."""
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(next(iter(spec.submodule_search_locations)), *rest.split(".") if rest else ())
+    return next((path for path in (base.with_suffix(".py"), base / "__init__.py") if path.is_file()), None)
 
 
 def inputs(settings: Settings, stage: str) -> list[tuple[Path, str]]:
@@ -226,7 +271,5 @@ def file_digest(path: Path) -> str:
 @cache
 def source_digest(module: str) -> str:
     """SHA-256 of a module's source file, found without importing it ('' for a module not written yet)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        return ""
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
+    path = module_file(module)
+    return "" if path is None else hashlib.sha256(path.read_bytes()).hexdigest()

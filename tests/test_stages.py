@@ -2,22 +2,28 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from elmrec import stages
 from elmrec.config import Settings, Stage, settings_for
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.paths import WorkPaths
 from elmrec.stages import (
+    NOT_SHAPING,
     RECORD,
     MissingUpstream,
     check_stages,
     fingerprint,
+    import_closure,
     missing_upstream,
     read_record,
     recording,
+    sources,
     up_to_date,
 )
 from tests.conftest import write_p5
@@ -102,3 +108,48 @@ def test_a_flow_checks_the_inputs_of_the_stages_it_runs_before_any_of_them(local
         check_stages([local], [local], [Stage.GRAPH, Stage.EVALUATE])
     attempt.mkdir(parents=True)  # an unfinished training: enough when asked to evaluate it anyway
     check_stages([local], [local], [Stage.GRAPH, Stage.EVALUATE], allow_unfinished=True)
+
+
+def test_the_import_closure_follows_every_import_form_and_stops_at_modules_that_shape_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "pkgz"
+    package.mkdir()
+    files = {"__init__": "", "a": "import os\nfrom pkgz import b\nfrom pkgz.c import thing\n",
+             "b": "import pkgz.d\nfrom pkgz.config import X\nfrom . import e\n", "c": "thing = 1\n", "d": "",
+             "config": "from pkgz import f\n", "e": "", "f": ""}
+    for name, text in files.items():
+        (package / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # a -> b, c (a module's name imported from it); b -> d (plain import); config: left out, f not reached;
+    # relative imports are not followed (the library uses none)
+    assert import_closure(("pkgz.a",), "pkgz", frozenset({"pkgz.config"})) == ("pkgz.a", "pkgz.b", "pkgz.c", "pkgz.d")
+    sys.modules.pop("pkgz", None)
+
+
+def test_a_stage_fingerprints_the_helpers_its_modules_reach(local: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    sasrec, ours = local.model_copy(update={"recommender": "sasrec"}), local
+    assert {"elmrec.sasrec", "elmrec.softmax_loss", "elmrec.users", "elmrec.classic_eval"} <= set(
+        sources(sasrec, "train"))  # softmax_loss: imported by sasrec alone
+    assert {"elmrec.train", "elmrec.step", "elmrec.model", "elmrec.device", "elmrec.users"} <= set(
+        sources(ours, "train"))
+    assert "elmrec.data.sources" in sources(ours, "download")  # the pinned SHA-256 sums
+    for recommender in ("elmrec", "sasrec", "lightgcn"):
+        each = local.model_copy(update={"recommender": recommender})
+        for stage in [s.value for s in Stage] + ["baselines"]:
+            found = set(sources(each, stage))
+            assert found and not found & NOT_SHAPING
+            assert not {m for m in found if m.startswith("elmrec.app") or m in ("elmrec.tracking", "elmrec.registry")}
+    before = {stage: fingerprint(ours, stage) for stage in ("graph", "train")}
+    real = stages.source_digest
+    monkeypatch.setattr(stages, "source_digest", lambda m: "edited" if m == "elmrec.step" else real(m))
+    assert fingerprint(ours, "train") != before["train"]  # an edit of the step alone reruns training
+    assert fingerprint(ours, "graph") == before["graph"]  # and nothing that does not use it
+
+
+def test_reading_a_stages_sources_imports_none_of_them() -> None:
+    """The closure is read from the source files: a flow process that only checks its caches loads no torch."""
+    code = ("import sys; from elmrec.config import settings_for; from elmrec.stages import sources; "
+            "sources(settings_for('demo', {'recommender': 'sasrec'}), 'train'); "
+            "print(sorted(m for m in ('torch', 'transformers', 'elmrec.model', 'elmrec.sasrec') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

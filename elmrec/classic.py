@@ -14,8 +14,9 @@ candidates, exclusions and metric code (elmrec.classic_eval), same output layout
 
 Every epoch draws its batches from default_rng([seed, epoch, 0]) and its dropout from a torch seed derived
 from (seed, epoch), so a run resumed from last/ repeats an uninterrupted one exactly. Validation after every
-`eval_every` epochs on the first `valid_users` users; the best epoch by validation NDCG@10 of `select_task`
-becomes checkpoint/; training stops after `patience` evaluations without a better one, or `max_epochs`.
+`eval_every` epochs on a seeded sample of `valid_users` users (elmrec.users: the users ELMRec's training validates
+on); the best epoch by validation NDCG@10 of `select_task` becomes checkpoint/; training stops after `patience`
+evaluations without a better one, or `max_epochs`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from elmrec.metrics import SCORE_DECODER
 from elmrec.paths import RunPaths, WorkPaths, atomic_path
 from elmrec.sasrec import SASRec
 from elmrec.shapes import key
+from elmrec.users import validation_users
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +226,9 @@ def fit(model: Classic, optimizer: torch.optim.Optimizer, settings: Settings, pa
     """The epoch loop from state.epoch + 1, writing into the attempt folder."""
     cfg = section(settings)
     batches = training_batches(cfg, model, paths)
-    valid_data = EvalData.load(paths.data, "valid", cfg.valid_users)
+    users = validation_users(schemas.read(paths.data.histories, schemas.HISTORIES)["user"].to_numpy(),
+                             cfg.valid_users, settings.seed)
+    valid_data = EvalData.load(paths.data, "valid", users=users)
     width = cfg.max_len if isinstance(cfg, SASRecSettings) else 1
     valid = {task: TaskInputs.build(valid_data, task, width, settings.train.max_history) for task in RANKED}
     shape = {"recommender": settings.recommender, "n_users": getattr(model, "n_users", None),

@@ -193,7 +193,7 @@ class SASRecSettings(_Strict):
     max_epochs: int = Field(50, ge=1)  # upper bound; early stopping ends Beauty after ~16 (~13 s each, 2 cores)
     patience: int = Field(3, ge=1)  # evaluations without a better validation NDCG@10; 3 keeps Beauty in 10 min
     eval_every: int = Field(1, ge=1)  # epochs between validation evaluations
-    valid_users: int | None = Field(5000, ge=1)  # first N users for validation (None = all): a fifth of the
+    valid_users: int | None = Field(5000, ge=1)  # a seeded sample of N users validates (None = all): a fifth of the
     #                                             cost of all of Beauty's; the criterion's standard error ~.002
     select_task: Task = Task.SEQUENTIAL  # whose validation NDCG@10 picks the best epoch: SASRec's own task
 
@@ -216,7 +216,7 @@ class LightGCNSettings(_Strict):
     max_epochs: int = Field(100, ge=1)  # upper bound; early stopping ends Beauty after ~12
     patience: int = Field(5, ge=1)  # evaluations without a better validation NDCG@10
     eval_every: int = Field(1, ge=1)  # epochs between validation evaluations
-    valid_users: int | None = Field(5000, ge=1)  # first N users for validation: direct NDCG@10 ~.26 has a
+    valid_users: int | None = Field(5000, ge=1)  # a seeded sample of N users validates: direct NDCG@10 ~.26 has a
     #                                             standard error ~.004 there, at a quarter of all users' cost
     select_task: Task = Task.DIRECT  # whose validation NDCG@10 picks the best epoch: the task LightGCN serves
 

@@ -61,7 +61,8 @@ COVERAGE_K = 10  # coverage@10, beside the paper's HR/NDCG cut-offs
 
 @dataclass(frozen=True)
 class EvalData:
-    """One split's evaluation inputs from the preprocess stage, restricted to the first `max_users` users."""
+    """One split's evaluation inputs from the preprocess stage, restricted to the first `max_users` users, or to
+    the given `users`."""
 
     split: str
     n_users: int
@@ -71,7 +72,8 @@ class EvalData:
     train_counts: np.ndarray  # (n_items + 1,) training interactions per item, over all users
 
     @classmethod
-    def load(cls, data: DataPaths, split: str, max_users: int | None = None) -> EvalData:
+    def load(cls, data: DataPaths, split: str, max_users: int | None = None,
+             users: np.ndarray | None = None) -> EvalData:
         stats = json.loads(data.stats.read_text())
         n_items = int(stats["n_items"])
         histories = schemas.read(data.histories, schemas.HISTORIES).sort("user")
@@ -79,6 +81,8 @@ class EvalData:
         counts = np.bincount(train["item"].to_numpy(), minlength=n_items + 1).astype(np.int64)
         if max_users is not None:
             histories = histories.head(max_users)
+        if users is not None:
+            histories = histories.filter(pl.col("user").is_in(pl.Series(users).implode()))
         candidates = (schemas.read(data.candidates, schemas.CANDIDATES)
                       .filter((pl.col("split") == split) & pl.col("user").is_in(histories["user"].implode()))
                       .sort("user"))

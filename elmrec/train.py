@@ -69,6 +69,7 @@ from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.progress import progress_bar
 from elmrec.prompts import direct_epoch, direct_eval, sequential_epoch, sequential_eval
 from elmrec.step import make_optimizer, train_step, validation_losses
+from elmrec.users import validation_users
 from elmrec.wholeword import Encoded, Prompt, bucketed_batches, collate
 from elmrec.world import ONE_PROCESS, World
 
@@ -76,7 +77,6 @@ log = logging.getLogger(__name__)
 
 TASK_STREAM = {Task.SEQUENTIAL: 0, Task.DIRECT: 1}  # fixed per task: reordering settings.train.tasks changes nothing
 STREAM_PROMPTS, STREAM_BATCHES, STREAM_TORCH = 0, 1, 2  # independent random streams of one (seed, epoch, task)
-STREAM_VALID_USERS = 3  # the validation users' sample: default_rng([seed, STREAM_VALID_USERS]), fixed for the run
 
 
 @dataclass(frozen=True)
@@ -146,13 +146,8 @@ def epoch_prompts(task: Task, data: TrainData, settings: Settings, epoch: int) -
 
 
 def valid_users(data: TrainData, settings: Settings) -> np.ndarray:
-    """The validation users, ascending: all, or a seeded random sample of `valid_users` of them."""
-    users = data.histories["user"].to_numpy()
-    wanted = settings.train.valid_users
-    if wanted is None or wanted >= len(users):
-        return np.sort(users)
-    rng = np.random.default_rng([settings.seed, STREAM_VALID_USERS])
-    return np.sort(rng.choice(users, size=wanted, replace=False))
+    """The validation users, ascending: all, or a seeded random sample of `valid_users` of them (elmrec.users)."""
+    return validation_users(data.histories["user"].to_numpy(), settings.train.valid_users, settings.seed)
 
 
 def valid_prompts(task: Task, data: TrainData, settings: Settings) -> list[Prompt]:

@@ -13,15 +13,17 @@ import polars as pl
 import pytest
 from safetensors.torch import load_file
 
-from elmrec.classic import EpochRecord, evaluate_classic, train_classic
+from elmrec import classic
+from elmrec.classic import EpochRecord, evaluate_classic, section, train_classic
 from elmrec.classic_batches import EdgeBatches, SequenceBatches, draw_non_items, interaction_keys
-from elmrec.config import Settings, settings_for
+from elmrec.config import Settings, Task, settings_for
 from elmrec.data import schemas
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.evaluate import PREDICTIONS
 from elmrec.graph import build_graph, load_adjacency
 from elmrec.paths import WorkPaths
+from elmrec.users import validation_users
 from tests.conftest import write_p5
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,6 +75,24 @@ def test_same_seed_gives_the_same_curve_and_metrics(tiny: tuple[Settings, WorkPa
     assert evaluate_classic(settings, paths) == first_metrics
     assert (paths.run(settings).evaluation(settings) / "metrics.json").read_bytes() == first_json
     assert len(first.history) == 4 and all(np.isfinite(curve(first.history)).ravel())
+
+
+def test_validation_covers_the_seeded_sample_of_users_elmrec_validates_on(
+        tiny: tuple[Settings, WorkPaths], monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, paths = tiny
+    settings = settings.model_copy(update={settings.recommender: section(settings).model_copy(
+        update={"valid_users": 5, "max_epochs": 1})})
+    validated: list[list[int]] = []
+    real = classic.validate
+
+    def spy(model, valid, n_items, device):  # type: ignore[no-untyped-def]
+        validated.append(sorted(int(u) for u in valid[Task.DIRECT].inputs["user"]))
+        return real(model, valid, n_items, device)
+
+    monkeypatch.setattr(classic, "validate", spy)
+    train_classic(settings, paths, resume=False)
+    elmrec_sample = validation_users(np.arange(1, 13), 5, settings.seed).tolist()
+    assert validated == [elmrec_sample] and elmrec_sample != [1, 2, 3, 4, 5]
 
 
 def test_resume_equals_uninterrupted(tiny: tuple[Settings, WorkPaths], tmp_path: Path) -> None:

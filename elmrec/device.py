@@ -17,15 +17,15 @@ class Device:
 
     @classmethod
     def resolve(cls, name: str, precision: str = "auto") -> Device:
-        """auto: CUDA when available, else CPU; precision auto: bf16 autocast where the device does bf16 natively
-        (CUDA: torch.cuda.is_bf16_supported(); CPU: `cpu_supports_bf16`), else fp32. The CPU's default is the
-        verdict of benchmarks/precision_check.py (README, Speed)."""
+        """auto: CUDA when available, else CPU; precision auto: bf16 autocast where bf16 is the faster precision
+        (CUDA: torch.cuda.is_bf16_supported(); CPU: `cpu_has_bf16_tiles`, AMX), else fp32. The CPU's rule is the
+        verdict of benchmarks/precision_check.py (quality) and benchmarks/train_throughput.py (speed): README, Speed."""
         if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
             if not torch.cuda.is_available():
                 raise RuntimeError(f"device {name!r} requested but CUDA is not available")
             device, native = torch.device("cuda"), torch.cuda.is_bf16_supported()
         else:
-            device, native = torch.device("cpu"), cpu_supports_bf16()
+            device, native = torch.device("cpu"), cpu_has_bf16_tiles()
         bf16 = precision == "bf16" or (precision == "auto" and native)
         return cls(device, torch.bfloat16 if bf16 else None)
 
@@ -46,6 +46,7 @@ class Device:
 
 
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 /proc/cpuinfo flags; "bf16": Arm Features
+CPU_BF16_TILE_FLAGS = frozenset({"amx_bf16"})  # x86 AMX: bf16 matrix products on tile units
 
 
 @functools.cache
@@ -58,14 +59,27 @@ def _proc_cpuinfo() -> str | None:
 
 
 def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU does bf16 arithmetic natively, where bf16 autocast pays off (x86: the AVX512-BF16 or
-    AMX-BF16 flag of /proc/cpuinfo; Arm: the BF16 feature). False where it cannot be told (no /proc/cpuinfo).
-    Without these, bf16 autocast on a CPU is emulated and slower than fp32."""
+    """Whether the CPU has bf16 instructions at all (x86: the AVX512-BF16 or AMX-BF16 flag of /proc/cpuinfo;
+    Arm: the BF16 feature); without them bf16 autocast on a CPU is emulated. Having them is not enough for bf16 to
+    be faster: see `cpu_has_bf16_tiles`. False where it cannot be told (no /proc/cpuinfo)."""
+    return bool(_cpu_flags(cpuinfo) & CPU_BF16_FLAGS)
+
+
+def cpu_has_bf16_tiles(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bf16 matrices on AMX tiles (x86 flag amx_bf16), the one CPU where bf16 autocast
+    is the default. With AVX512-BF16 alone, oneDNN's bf16 matrix products (brg_matmul:avx512_core_bf16) ran 1.4x
+    slower than fp32 ones on this project's 2-core machine on 2026-12-02, and the t5-small training step 1.1x
+    slower, where an earlier machine with AVX512-BF16 (AMX not recorded) had run it 1.26x faster: that flag does
+    not tell, so fp32 without AMX (README, Speed)."""
+    return bool(_cpu_flags(cpuinfo) & CPU_BF16_TILE_FLAGS)
+
+
+def _cpu_flags(cpuinfo: str | None) -> set[str]:
+    """The x86 flags / Arm features of /proc/cpuinfo (or of the given text), lower case; empty when unknown."""
     cpuinfo = _proc_cpuinfo() if cpuinfo is None else cpuinfo
-    if cpuinfo is None:
-        return False
-    for line in cpuinfo.splitlines():
+    flags: set[str] = set()
+    for line in (cpuinfo or "").splitlines():
         key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features") and CPU_BF16_FLAGS & set(value.split()):
-            return True
-    return False
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.lower().split())
+    return flags

@@ -149,6 +149,9 @@ def throughput_row(steps: dict[str, tt.StepFn], config: Any, prompt_num: int, de
            "achieved_tflops": achieved, "peak_tflops": peak_tflops, "peak_used": peak_name,
            "mfu": achieved / peak_tflops if peak_tflops else None, "stock_s_per_step": stock["s_per_step"]}
     row["ratio_vs_stock"] = row["s_per_step"] / stock["s_per_step"]
+    if "authors" in timed:  # fp32: the authors' step's stand-in took its turns too (tt.authors_stand_in)
+        row["authors_s_per_step"] = float(np.mean(timed["authors"]["seconds"]))
+        row["authors_over_ours"] = row["authors_s_per_step"] / row["s_per_step"]
     log.info("train %s %s: %.1f samples/s, %.1f TFLOP/s, ours/stock T5 %.2fx, peak %.0f MiB", task.value,
              device.describe(), row["samples_per_s"], achieved, row["ratio_vs_stock"], ours["peak_mib"])
     return row
@@ -156,13 +159,17 @@ def throughput_row(steps: dict[str, tt.StepFn], config: Any, prompt_num: int, de
 
 def time_precision(settings: Settings, data: TrainData, device: Device, encoded: dict[Task, tuple[Encoded, Any]],
                    args: argparse.Namespace, deadline: float) -> list[dict[str, Any]]:
-    """Both tasks' rows of one precision; the models are freed when it returns."""
+    """Both tasks' rows of one precision (fp32: with the authors' step's stand-in, fp32 as their code); the models
+    are freed when it returns."""
     model, _ = build_model(settings, data, device)
     optimizer, stock = make_optimizer(model, settings), tt.stock_model(settings, device)
+    authors = tt.authors_stand_in(settings, data, device) if device.amp_dtype is None else None
     rows = []
     for j, task in enumerate((Task.SEQUENTIAL, Task.DIRECT)):
         steps = {"elmrec": lambda b, t=task: train_step(model, optimizer, b, t, device),
                  "stock": lambda b: tt.stock_step(*stock, b, device)}
+        if authors is not None:
+            steps["authors"] = lambda b, t=task: tt.authors_step(*authors, b, t)
         until = time.perf_counter() + (deadline - time.perf_counter()) / (2 - j)
         rows.append(throughput_row(steps, model.t5.config, settings.model.prompt_num, device, task,
                                    *encoded[task], args, until))

@@ -16,7 +16,9 @@ Reports s/step, samples/s, the tokenizer time per batch that the trainer spends 
 (CUDA: allocated by the step; CPU: the process's resident peak during the step, both models loaded).
 CPU always (`--cpu-bf16` adds bf16 autocast); on CUDA also fp32 against bf16 autocast. On one device every
 precision's ours and stock T5 take turns on the same batches, so reduced precision is also measured against stock
-T5 in fp32 in the same run (`stock_fp32_s_per_step`). Timings on a shared
+T5 in fp32 in the same run (`stock_fp32_s_per_step`). `--authors` adds a stand-in for the authors' step
+(benchmarks/authors_standin.py: stock T5 plus their tables, COO LightGCN in every direct forward, fp32, plain
+AdamW; a lower bound on their step) to the same turns (`authors_s_per_step`). Timings on a shared
 machine vary with its load: the load average is printed. Busy cores hurt twice with several OpenMP threads
 (each parallel region waits for the slowest thread): run with OMP_WAIT_POLICY=PASSIVE, or compare `--threads 1`.
 """
@@ -40,7 +42,10 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from authors_standin import AuthorsStandIn, authors_optimizer, authors_step  # benchmarks/authors_standin.py
 
 from elmrec.config import Settings, Task, settings_for
 from elmrec.data.download import download
@@ -56,6 +61,7 @@ from elmrec.train import TrainData, build_model, epoch_prompts
 from elmrec.wholeword import Encoded, bucketed_batches, collate
 
 ENCODE_PROMPTS = 2000  # prompts per task encoded for the benchmark (the tokenizer cost is per prompt)
+AUTHORS = "authors' stand-in (fp32)"  # the step name of benchmarks/authors_standin.py in the turns
 StepFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]  # one optimizer step on one batch -> detached loss
 
 
@@ -217,10 +223,22 @@ class Contestant:
     propagation_s: float
 
 
+def authors_stand_in(settings: Settings, data: TrainData,
+                     device: Device) -> tuple[AuthorsStandIn, torch.optim.Optimizer]:
+    """The authors' step's stand-in (benchmarks/authors_standin.py), seeded like ours, with their optimizer."""
+    torch.manual_seed(settings.seed)
+    t5, _ = load_t5(settings.model)
+    m = settings.model
+    model = AuthorsStandIn(t5, data.adjacency, m.alpha, m.sigma, m.n_layers, m.prompt_num).to(device.device).train()
+    return model, authors_optimizer(model, settings.train.lr)
+
+
 def time_task(contestants: list[Contestant], tokenizer: PreTrainedTokenizerBase, data: TrainData,
-              settings: Settings, task: Task, args: argparse.Namespace) -> list[dict[str, Any]]:
+              settings: Settings, task: Task, args: argparse.Namespace,
+              authors: tuple[AuthorsStandIn, torch.optim.Optimizer] | None = None) -> list[dict[str, Any]]:
     """One row per contestant: ours and stock T5 of every precision take turns on the same batches. Each row also
-    holds stock T5 in fp32 from the same turns (`stock_fp32_s_per_step`) when fp32 is among the contestants."""
+    holds stock T5 in fp32 from the same turns (`stock_fp32_s_per_step`) when fp32 is among the contestants, and
+    the authors' stand-in (`authors_s_per_step`, fp32 as their code) when it is given."""
     first = contestants[0]
     encoded, batches, encode_s = sample_batches(first.model, tokenizer, data, settings, task, args.batch_size,
                                                 args.warmup + args.steps)
@@ -230,6 +248,8 @@ def time_task(contestants: list[Contestant], tokenizer: PreTrainedTokenizerBase,
         steps[f"{name} elmrec"] = partial(train_step, c.model, c.optimizer, task=task, device=c.device,
                                           micro_batch_size=args.micro_batch)
         steps[f"{name} stock"] = partial(stock_step, *c.stock, device=c.device, micro_batch_size=args.micro_batch)
+    if authors is not None:
+        steps[AUTHORS] = partial(authors_step, *authors, task=task)
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     timed = time_steps(steps, encoded, batches, first.device, args.warmup)
     cores = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
@@ -252,6 +272,9 @@ def time_task(contestants: list[Contestant], tokenizer: PreTrainedTokenizerBase,
                "tflop_per_step": flops / 1e12, "achieved_tflops": flops / 1e12 / ours["s_per_step"]}
         if fp32 is not None:
             row["stock_fp32_s_per_step"] = float(np.mean(timed[f"{fp32} stock"]["seconds"]))
+        if authors is not None:
+            row["authors_s_per_step"] = float(np.mean(timed[AUTHORS]["seconds"]))
+            row["authors_peak_mib"] = timed[AUTHORS]["peak_mib"]
         rows.append(row)
     return rows
 
@@ -265,7 +288,9 @@ def print_row(row: dict[str, Any], device: Device) -> None:
           f"{row['samples_per_s']:6.2f} samples/s  {1e3 * row['achieved_tflops']:.0f} GFLOP/s  "
           f"{row['cores_busy']:.1f} cores busy  padded length "
           f"{row['padded_length']:3.0f}  tokenizer {row['encode_s_per_batch']:.3f} s/batch (once per epoch)  "
-          f"peak {row['peak_mib']:.0f} MiB {memory} (stock {row['stock_peak_mib']:.0f})", flush=True)
+          f"peak {row['peak_mib']:.0f} MiB {memory} (stock {row['stock_peak_mib']:.0f})"
+          + (f"; {AUTHORS} {row['authors_s_per_step']:7.3f} s/step" if "authors_s_per_step" in row else ""),
+          flush=True)
 
 
 def parse_args() -> argparse.Namespace:
@@ -281,6 +306,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on the CPU")
+    parser.add_argument("--authors", action="store_true",
+                        help="also time a stand-in for the authors' step (benchmarks/authors_standin.py), in fp32")
     parser.add_argument("--skip-cpu", action="store_true", help="only CUDA (when present)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     return parser.parse_args()
@@ -303,6 +330,9 @@ def print_alternating(rows: list[dict[str, Any]], batch_size: int) -> None:
         if "(fp32)" not in name and all("stock_fp32_s_per_step" in row for row in pair):
             fp32 = sum(row["stock_fp32_s_per_step"] for row in pair)
             line += f"; stock T5 in fp32 / ours: {fp32 / ours:.2f}x (ours faster above 1)"
+        if all("authors_s_per_step" in row for row in pair):
+            authors = sum(row["authors_s_per_step"] for row in pair)
+            line += f"; {AUTHORS} / ours: {authors / ours:.2f}x"
         print(line, flush=True)
 
 
@@ -337,16 +367,18 @@ def main() -> None:
                   f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters (stock T5 "
                   f"{sum(p.numel() for p in stock[0].parameters()) / 1e6:.1f}M); "
                   f"LightGCN fwd+bwd over {model.n_nodes} nodes: {contestants[-1].propagation_s:.3f} s", flush=True)
+        fp32_device = next((c.device for c in contestants if c.device.amp_dtype is None), None)
+        authors = authors_stand_in(settings, data, fp32_device) if args.authors and fp32_device else None
         group = []
         for task in (Task.SEQUENTIAL, Task.DIRECT):
-            group += time_task(contestants, tokenizer, data, settings, task, args)
+            group += time_task(contestants, tokenizer, data, settings, task, args, authors)
         fp32_first = contestants[0].device.describe()
         group.sort(key=lambda row: row["device"] != fp32_first)  # by precision, each in task order
         for row in group:
             print_row(row, contestants[0].device)
         print_alternating(group, args.batch_size)
         rows += group
-        del contestants
+        del contestants, authors
         if device_type == "cuda":
             torch.cuda.empty_cache()
     print(f"load average at the end {os.getloadavg()[0]:.2f}")

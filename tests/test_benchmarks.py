@@ -14,7 +14,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import scipy.sparse as sp
+import torch
 
+from elmrec.config import ModelSettings
+from elmrec.pretrained import load_t5
 from tests.conftest import T5_SMALL
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -32,14 +36,15 @@ def run_script(name: str, *args: str) -> str:
 def test_train_throughput_reports_both_tasks_against_stock_t5(tmp_path: Path, real_mirror: Path) -> None:
     out = run_script("train_throughput.py", "--preset", "demo", "--mirror", str(real_mirror), "--model-mirror",
                      str(T5_SMALL.parent), "--workdir", str(tmp_path), "--batch-size", "4", "--warmup", "0",
-                     "--steps", "2", "--cpu-bf16", "--json", str(tmp_path / "figures.json"))
+                     "--steps", "2", "--cpu-bf16", "--authors", "--json", str(tmp_path / "figures.json"))
     rows = json.loads((tmp_path / "figures.json").read_text())
     assert [(r["task"], r["device"]) for r in rows] == [
         ("sequential", "cpu (fp32)"), ("direct", "cpu (fp32)"),
         ("sequential", "cpu (bf16 autocast)"), ("direct", "cpu (bf16 autocast)")]
     for fp32, bf16 in zip(rows[:2], rows[2:], strict=True):  # the same turns: stock fp32 is timed once per task
         assert fp32["stock_fp32_s_per_step"] == bf16["stock_fp32_s_per_step"] == fp32["stock_s_per_step"]
-    assert "stock T5 in fp32 / ours:" in out
+    assert "stock T5 in fp32 / ours:" in out and "authors' stand-in (fp32) / ours:" in out
+    assert len({row["authors_s_per_step"] for row in rows}) == 2  # one per task, in the same turns as the rest
     for row in rows:
         assert row["min_s"] <= row["s_per_step"] <= row["max_s"] and row["peak_mib"] > 0
         assert row["stock_min_s"] <= row["stock_s_per_step"] <= row["stock_max_s"] and row["stock_peak_mib"] > 0
@@ -85,6 +90,9 @@ def test_gpu_check_smoke_writes_every_section(tmp_path: Path, real_mirror: Path)
     for row in rows:
         assert {"samples_per_s", "peak_memory_mib", "tflop_per_step", "achieved_tflops", "mfu", "peak_used"} <= set(row)
         assert row["mfu"] is None  # no peak is claimed for a CPU
+        fp32 = row["precision"] == "cpu (fp32)"  # the authors' stand-in runs in fp32, as their code
+        assert ("authors_s_per_step" in row) == fp32 and (not fp32 or row["authors_over_ours"] == pytest.approx(
+            row["authors_s_per_step"] / row["s_per_step"]))
     assert set(sections["eval_throughput"]["users_per_s"]) == {
         "direct/score", "direct/beam", "sequential/constrained", "sequential/rerank"}
     for scheme in ("p5", "shuffled"):
@@ -161,3 +169,30 @@ def test_propagation_benchmark_times_both_products() -> None:
     assert "coo" in out and "csr is" in out and "largest gradient difference" in out
     gap = float(out.rsplit("largest gradient difference ", 1)[1])
     assert gap < 1e-5  # the two products give the same gradient
+
+
+def test_the_authors_stand_in_computes_elmrec_loss() -> None:
+    """The stand-in of the authors' step is the same function as ELMRec once it has ELMRec's weights (their
+    incremental row 0, which ELMRec keeps at zero, set to zero): its time is the time of the same work."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from authors_standin import TASK_INDEX, AuthorsStandIn
+
+    from tests.test_model import BOTH, N_ITEMS, N_USERS, TINY, batch, make, normalised_adjacency
+
+    t5, _ = load_t5(ModelSettings(model_name=str(T5_SMALL), reduced=TINY))
+    ours = make(t5.config)
+    theirs = AuthorsStandIn(ours.t5, sp.csr_matrix(normalised_adjacency()), alpha=2.0, sigma=0.5, n_layers=2,
+                            prompt_num=3).eval()
+    assert theirs.node_table.num_embeddings == N_USERS + N_ITEMS + 1
+    with torch.no_grad():
+        theirs.node_table.weight.copy_(ours.node_table.weight)
+        theirs.incremental_table.weight.zero_()
+        theirs.incremental_table.weight[:ours.incremental_table.num_embeddings] = ours.incremental_table.weight
+        theirs.incremental_table.weight[0] = 0.0
+        for task in BOTH:
+            theirs.prompts.weight[TASK_INDEX[task] * 3:TASK_INDEX[task] * 3 + 3] = ours.prompts[task.value]
+    input_ids, ww_ids, mask, labels = batch([[1, 1, 2, 0], [4, 4, 5, 0]])
+    for task in BOTH:
+        expected = ours(input_ids, ww_ids, mask, task, labels=labels).loss
+        assert theirs(input_ids, ww_ids, mask, task, labels).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert torch.allclose(theirs.graph_table(), ours.node_embeddings(), atol=1e-6)

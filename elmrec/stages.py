@@ -4,8 +4,9 @@ A stage's fingerprint hashes (1) the settings that shape its output (elmrec.shap
 input file, (3) the source of the library modules that do its work — the stage's own modules and every library
 module they import, directly or not, read from the code (`sources`), so that no list can miss a helper module —
 and (4) where it writes. A stage that completes records its fingerprint in its output folder (`.stage.json`,
-via `recording`); the stage is up to date only while that record matches the fingerprint computed now. So replacing a user's input files, fixing a
-bad one, or changing the code reruns that stage and, through their changed inputs, every stage downstream.
+via `recording`); the stage is up to date only while that record matches the fingerprint computed now. So
+replacing a user's input files, fixing a bad one, or changing the code reruns that stage and, through their
+changed inputs, every stage downstream.
 
 The download stage's inputs are the source files when they sit in a local folder (`--source local`, or a
 folder mirror): their contents are checked like any other input. Remote files of the `p5` source are pinned

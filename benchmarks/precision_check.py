@@ -10,8 +10,9 @@ each best checkpoint with `elmrec.evaluate.evaluate_model` (the preset's 1,000 t
 and prints both best validation losses, every test metric, their relative differences and the training speed.
 
 Two rules of quality, both printed; with --control the second decides. Quality is one half of the CPU default:
-bf16 must also be the faster precision there (`train_throughput.py --cpu-bf16`, and the bf16 / fp32 training
-speed printed here), which is why the default is bf16 only on CPUs with AMX tiles (`elmrec.device.cpu_has_bf16_tiles`).
+bf16 must also be the faster precision there (`train_throughput.py --cpu-bf16`, `matmul_precision.py`, and the
+bf16 / fp32 training speed printed here), which is why the default is bf16 only on some CPUs
+(`elmrec.device.cpu_bf16_is_faster`).
 - The 1% rule (issue 11 as filed): the best validation loss and every HR/NDCG of bf16 end within 1% (relative)
   of fp32's. The control showed that fp32 itself fails it: a learning rate moved by one part in a million moved
   direct HR@10 by 4% and NDCG@10 by 6% (2026-11-28), so on the metrics it measures the chaos of training.

@@ -118,7 +118,7 @@ class TrainSettings(_Strict):
     max_history: int = Field(20, ge=1)  # history items in a sequential prompt
     valid_users: int | None = Field(2000, ge=1)  # users for the validation loss; None = all
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device does bf16 natively
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where it is faster (elmrec.device)
     #   (CUDA; CPUs with AVX512-BF16, AMX-BF16 or Arm BF16: elmrec.device), else fp32; README, Speed: the evidence
     attention: Literal["sdpa", "eager"] = "sdpa"  # T5's attention kernel: PyTorch's fused SDPA, or the eager one
     compile: bool = False  # torch.compile T5 (dynamic shapes); pays off on GPUs only once the compile is amortised

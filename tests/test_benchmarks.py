@@ -196,3 +196,16 @@ def test_the_authors_stand_in_computes_elmrec_loss() -> None:
         expected = ours(input_ids, ww_ids, mask, task, labels=labels).loss
         assert theirs(input_ids, ww_ids, mask, task, labels).item() == pytest.approx(expected.item(), abs=1e-6)
     assert torch.allclose(theirs.graph_table(), ours.node_embeddings(), atol=1e-6)
+
+
+def test_matmul_precision_times_each_product_in_both_precisions(tmp_path: Path) -> None:
+    out = run_script("matmul_precision.py", "--repeats", "1", "--json", str(tmp_path / "figures.json"))
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    products = figures["products"]
+    assert len(products) == 4 and all(line.startswith(name) for name, line in zip(products, out.splitlines()[1:]))
+    for name, row in products.items():  # e.g. "feed-forward in 6560x512 . 512x2048": m x k . k x n
+        (m, k), (_, n) = (map(int, name.split()[-3].split("x"))), (map(int, name.split()[-1].split("x")))
+        assert row["bf16_over_fp32"] == pytest.approx(row["bf16_ms"] / row["fp32_ms"])
+        assert row["fp32_gflops"] == pytest.approx(2 * m * k * n / row["fp32_ms"] / 1e6)
+    assert isinstance(figures["cpu_has_bf16_tiles"], bool) and figures["threads"] == 1
+    assert "is the faster precision here" in out.splitlines()[-1]

@@ -21,6 +21,8 @@ T5 in fp32 in the same run (`stock_fp32_s_per_step`). `--authors` adds a stand-i
 AdamW; a lower bound on their step) to the same turns (`authors_s_per_step`). Timings on a shared
 machine vary with its load: the load average is printed. Busy cores hurt twice with several OpenMP threads
 (each parallel region waits for the slowest thread): run with OMP_WAIT_POLICY=PASSIVE, or compare `--threads 1`.
+On a CPU every contestant runs on training's heap (`--malloc reuse`, elmrec.memory: freed memory kept for the
+next step); `--malloc system` keeps glibc's default, and benchmarks/heap.py times the two side by side.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.device import Device
 from elmrec.graph import build_graph
+from elmrec.memory import reuse_freed_memory
 from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
 from elmrec.pretrained import load_t5, load_tokenizer
@@ -309,6 +312,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--authors", action="store_true",
                         help="also time a stand-in for the authors' step (benchmarks/authors_standin.py), in fp32")
     parser.add_argument("--skip-cpu", action="store_true", help="only CUDA (when present)")
+    parser.add_argument("--malloc", choices=["reuse", "system"], default="reuse",
+                        help="the CPU heap for every contestant, as train.malloc: reuse (training's default, "
+                             "elmrec.memory) or glibc's default; benchmarks/heap.py compares the two")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     return parser.parse_args()
 
@@ -340,6 +346,7 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    reused = args.malloc == "reuse" and reuse_freed_memory()
     settings = settings_for(args.preset, {
         "workdir": str(args.workdir), "data": {"dataset": "beauty", "mirror": args.mirror},
         "model": {"model_mirror": args.model_mirror, "allow_random_init": True},  # throughput only
@@ -351,7 +358,7 @@ def main() -> None:
           f"Beauty {data.n_users} users, {data.n_items} items; batch {args.batch_size} "
           f"(micro-batches of {args.micro_batch or args.batch_size}), "
           f"{args.warmup} warm-up + {args.steps} timed steps; on each device every precision's ours and stock T5 "
-          f"take turns on the same batches", flush=True)
+          f"take turns on the same batches; heap: {'reuse' if reused else 'system'} (elmrec.memory)", flush=True)
     device_types = ([] if args.skip_cpu else ["cpu"]) + (["cuda"] if torch.cuda.is_available() else [])
     if not device_types:
         raise SystemExit("--skip-cpu leaves nothing to time: CUDA is not available here")

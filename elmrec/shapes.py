@@ -27,8 +27,8 @@ from elmrec.config import Settings
 
 # Training settings that say how a training runs, not what it computes (up to float rounding): a training may
 # resume on another device, with another attention kernel, compiled or not, in another number of processes (each
-# takes a share of every batch: the same update).
-RUNTIME_ONLY = {"device", "attention", "compile", "nproc", "devices"}
+# takes a share of every batch: the same update), with another heap policy.
+RUNTIME_ONLY = {"device", "attention", "compile", "malloc", "nproc", "devices"}
 
 # Each stage, and the stages whose outputs it reads.
 UPSTREAM: dict[str, tuple[str, ...]] = {

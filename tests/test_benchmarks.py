@@ -59,6 +59,20 @@ def test_train_throughput_reports_both_tasks_against_stock_t5(tmp_path: Path, re
     assert "alternating" in out and "ours/stock" in out and "t5-small (reduced) random init" in out
 
 
+@pytest.mark.slow
+def test_heap_times_both_heaps_in_fresh_processes(tmp_path: Path, real_mirror: Path) -> None:
+    out = run_script("heap.py", "--rounds", "1", "--json", str(tmp_path / "heap.json"), "--preset", "demo",
+                     "--mirror", str(real_mirror), "--model-mirror", str(T5_SMALL.parent), "--workdir", str(tmp_path),
+                     "--batch-size", "4", "--warmup", "0", "--steps", "1")
+    lines = json.loads((tmp_path / "heap.json").read_text())
+    assert [(line["task"], line["contestant"]) for line in lines] == [
+        ("sequential", "ours"), ("sequential", "stock T5"), ("direct", "ours"), ("direct", "stock T5")]
+    for line in lines:
+        assert line["system_over_reuse"] == pytest.approx(line["system_s_per_step"] / line["reuse_s_per_step"])
+        assert line["system_peak_mib"] > 0 and line["reuse_peak_mib"] > 0
+    assert "round 1/1, heap system" in out and "round 1/1, heap reuse" in out and "system/reuse" in out
+
+
 def test_t5_flop_count_matches_a_hand_count() -> None:
     """One encoder and one decoder layer, d = h = 2, d_ff = 4, vocabulary 10, batch 1, 3 encoder / 2 decoder
     tokens. Multiply-adds: encoder 3 x (4*2*2 + 2*2*4) + 2*3*3*2 = 132; decoder 2 x (6*2*2 + 2*2*4) + 3 x 2*2*2

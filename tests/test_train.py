@@ -386,3 +386,18 @@ def test_attention_kernel_and_compile_are_how_training_runs_not_what_it_computes
     model, _ = training.build_model(compiled, data, device)  # compiling happens at the first call, not here
     assert model.t5._compiled_call_impl is not None and "node_table.weight" in model.state_dict()
     assert WorkPaths.from_settings(compiled).run(compiled).root == WorkPaths.from_settings(settings).run(settings).root
+
+
+def test_a_cpu_training_keeps_freed_memory_unless_malloc_is_system(workdir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train.malloc=reuse` (the default) asks for the reused heap (elmrec.memory) before a CPU training; `system`
+    leaves glibc's default. Like the device, it changes how a training runs, not its folder."""
+    calls: list[str] = []
+    monkeypatch.setattr(training, "reuse_freed_memory", lambda: calls.append("reuse") or True)
+    reused, system = tiny_settings(workdir, max_epochs=1), tiny_settings(workdir, max_epochs=1, malloc="system")
+    assert reused.train.malloc == "reuse"
+    assert WorkPaths.from_settings(system).run(system).root == WorkPaths.from_settings(reused).run(reused).root
+    run(system)
+    assert calls == []
+    run(reused, resume=False)
+    assert calls == ["reuse"]

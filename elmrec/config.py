@@ -123,7 +123,8 @@ class TrainSettings(_Strict):
     attention: Literal["sdpa", "eager"] = "sdpa"  # T5's attention kernel: PyTorch's fused SDPA, or the eager one
     compile: bool = False  # torch.compile T5 (dynamic shapes); pays off on GPUs only once the compile is amortised
     malloc: Literal["reuse", "system"] = "reuse"  # on a CPU, keep the memory a step frees for the next
-    #   step (elmrec.memory: faster, the process holds its peak until it exits), or glibc's default
+    #   step, in training and evaluation (elmrec.memory: faster; the process holds its peak until it exits), or
+    #   glibc's default
     nproc: int = Field(1, ge=1)  # training processes; > 1: DDP under torchrun, one GPU each (gloo on CPU), every
     #                              process a 1/nproc share of each batch (same update); ELMRec only
     devices: list[int] | None = None  # CUDA device indices (as torch numbers the visible ones) of the nproc

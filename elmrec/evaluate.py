@@ -41,6 +41,7 @@ from elmrec.data import schemas
 from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
 from elmrec.device import Device
 from elmrec.graph import load_adjacency
+from elmrec.memory import heap_for
 from elmrec.metrics import SCORE_DECODER, DecodeResult
 from elmrec.model import ELMRec
 from elmrec.paths import METRICS_FILE, DataPaths, WorkPaths, atomic_dir
@@ -154,7 +155,10 @@ def load_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | None
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint} is missing; run the train stage first (elmrec task train)")
     adjacency = load_adjacency(paths.graph) if paths.graph.adjacency.is_file() else None
-    return ELMRec.load(checkpoint, adjacency=adjacency, map_location=Device.resolve(settings.train.device).device)
+    device = Device.resolve(settings.train.device).device
+    if heap_for(settings.train.malloc, device.type):
+        logger.info("the heap keeps freed memory for the next batch (train.malloc=reuse)")
+    return ELMRec.load(checkpoint, adjacency=adjacency, map_location=device)
 
 
 def decode_inputs(model: ELMRec, tokenizer: Any, prompts: list[Prompt], task: Task,

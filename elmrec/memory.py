@@ -1,4 +1,4 @@
-"""The process's heap on a CPU: memory that a training step frees is kept for the next step, not given back.
+"""The process's heap on a CPU: memory that a step (training, evaluation) frees is kept for the next one.
 
 glibc's malloc serves every block above 32 MiB with a fresh mmap and unmaps it when it is freed. A training step
 on the CPU allocates and frees dozens of such tensors (a direct batch of 16: the attention scores of one layer,
@@ -35,3 +35,9 @@ def reuse_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # -1 disables trimming entirely (mallopt(3)); both return 1 on success
     return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, -1) == 1
+
+
+def heap_for(malloc: str, device: str) -> bool:
+    """The heap `train.malloc` asks for, on `device` (a torch device type): `reuse_freed_memory` for "reuse" on the
+    CPU (True where it took effect); nothing for "system", or on an accelerator, whose tensors are not on the heap."""
+    return malloc == "reuse" and device == "cpu" and reuse_freed_memory()

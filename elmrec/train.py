@@ -63,7 +63,7 @@ from elmrec.config import Settings, Task
 from elmrec.data import schemas
 from elmrec.device import Device
 from elmrec.graph import load_adjacency
-from elmrec.memory import reuse_freed_memory
+from elmrec.memory import heap_for
 from elmrec.model import ELMRec
 from elmrec.paths import RunPaths, WorkPaths, atomic_path
 from elmrec.pretrained import load_t5, load_tokenizer
@@ -249,7 +249,7 @@ def train(settings: Settings, paths: WorkPaths, resume: bool = False,
     if world.main and is_finished(run.attempt):  # a promotion was interrupted: complete it before anything else
         promote(run)
     device = Device.resolve(cfg.device, cfg.precision)
-    if device.device.type == "cpu" and cfg.malloc == "reuse" and reuse_freed_memory():
+    if heap_for(cfg.malloc, device.device.type):
         log.info("the heap keeps freed memory for the next step (train.malloc=reuse)")
     data = TrainData.load(paths)
     model, pretrained = build_model(settings, data, device)

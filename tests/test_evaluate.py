@@ -18,7 +18,7 @@ from elmrec.config import EvalSettings, Settings, settings_for
 from elmrec.data import schemas
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
-from elmrec.evaluate import PREDICTIONS, evaluate_baselines, evaluate_model
+from elmrec.evaluate import PREDICTIONS, evaluate_baselines, evaluate_model, load_model
 from elmrec.graph import build_graph, load_adjacency
 from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
@@ -333,3 +333,19 @@ def test_id_order_baseline_by_hand(hand_data) -> None:
         got = metrics[task][SCORE_DECODER]
         assert {k: got[k] for k in expected(ranks)} == pytest.approx(expected(ranks)), task
         assert got["n_users"] == 4
+
+
+def test_loading_the_model_on_the_cpu_asks_for_the_reused_heap_unless_malloc_is_system(
+        trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    from elmrec import memory
+    from elmrec.device import Device
+
+    settings, paths = trained
+    calls: list[str] = []
+    monkeypatch.setattr(memory, "reuse_freed_memory", lambda: calls.append("reuse") or True)
+    system = settings.model_copy(update={"train": settings.train.model_copy(update={"malloc": "system"})})
+    load_model(system, paths)
+    assert calls == []
+    load_model(settings, paths)
+    on_cpu = Device.resolve(settings.train.device).device.type == "cpu"
+    assert settings.train.malloc == "reuse" and calls == (["reuse"] if on_cpu else [])

@@ -50,3 +50,12 @@ def test_steps_reuse_the_memory_of_earlier_steps_instead_of_mapping_it_afresh() 
     assert probe["reused"] is True
     later = probe["reuse"][1:]  # the first step grows the heap (and the next few, a little)
     assert min(later) == 0 and sum(later) < sum(probe["system"][1:]) / 4, probe
+
+
+def test_heap_for_reuses_only_for_reuse_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from elmrec import memory
+
+    calls: list[str] = []
+    monkeypatch.setattr(memory, "reuse_freed_memory", lambda: calls.append("reuse") or True)
+    assert not memory.heap_for("system", "cpu") and not memory.heap_for("reuse", "cuda") and calls == []
+    assert memory.heap_for("reuse", "cpu") and calls == ["reuse"]

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from elmrec import memory
 from elmrec import train as training
 from elmrec.checkpoint import TrainState, UnfinishedTraining, checkpoint_to_evaluate, is_finished
 from elmrec.config import Settings, Task, settings_for
@@ -393,7 +394,7 @@ def test_a_cpu_training_keeps_freed_memory_unless_malloc_is_system(workdir: Path
     """`train.malloc=reuse` (the default) asks for the reused heap (elmrec.memory) before a CPU training; `system`
     leaves glibc's default. Like the device, it changes how a training runs, not its folder."""
     calls: list[str] = []
-    monkeypatch.setattr(training, "reuse_freed_memory", lambda: calls.append("reuse") or True)
+    monkeypatch.setattr(memory, "reuse_freed_memory", lambda: calls.append("reuse") or True)
     reused, system = tiny_settings(workdir, max_epochs=1), tiny_settings(workdir, max_epochs=1, malloc="system")
     assert reused.train.malloc == "reuse"
     assert WorkPaths.from_settings(system).run(system).root == WorkPaths.from_settings(reused).run(reused).root

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -49,12 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from authors_standin import AuthorsStandIn, authors_optimizer, authors_step  # benchmarks/authors_standin.py
 
-from elmrec.config import Settings, Task, settings_for
+from elmrec.config import HeapPolicy, Settings, Task, settings_for
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
 from elmrec.device import Device
 from elmrec.graph import build_graph
-from elmrec.memory import reuse_freed_memory
+from elmrec.memory import heap_for
 from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
 from elmrec.pretrained import load_t5, load_tokenizer
@@ -312,7 +312,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--authors", action="store_true",
                         help="also time a stand-in for the authors' step (benchmarks/authors_standin.py), in fp32")
     parser.add_argument("--skip-cpu", action="store_true", help="only CUDA (when present)")
-    parser.add_argument("--malloc", choices=["reuse", "system"], default="reuse",
+    parser.add_argument("--malloc", choices=get_args(HeapPolicy), default="reuse",
                         help="the CPU heap for every contestant, as train.malloc: reuse (training's default, "
                              "elmrec.memory) or glibc's default; benchmarks/heap.py compares the two")
     parser.add_argument("--json", type=Path, help="write the figures here too")
@@ -346,7 +346,7 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    reused = args.malloc == "reuse" and reuse_freed_memory()
+    reused = heap_for(args.malloc, "cpu")
     settings = settings_for(args.preset, {
         "workdir": str(args.workdir), "data": {"dataset": "beauty", "mirror": args.mirror},
         "model": {"model_mirror": args.model_mirror, "allow_random_init": True},  # throughput only

@@ -104,6 +104,9 @@ class ModelSettings(_Strict):
     incremental_size: int = Field(512, ge=2)  # rows of the incremental (order-of-appearance) table
 
 
+HeapPolicy = Literal["reuse", "system"]  # train.malloc: elmrec.memory
+
+
 class TrainSettings(_Strict):
     tasks: list[Task] = [Task.SEQUENTIAL, Task.DIRECT]  # batches alternate between these
     lr: float = Field(1e-3, gt=0, le=1)  # AdamW, as the paper
@@ -122,7 +125,7 @@ class TrainSettings(_Strict):
     #   (CUDA; CPUs with AVX512-BF16, AMX-BF16 or Arm BF16: elmrec.device), else fp32; README, Speed: the evidence
     attention: Literal["sdpa", "eager"] = "sdpa"  # T5's attention kernel: PyTorch's fused SDPA, or the eager one
     compile: bool = False  # torch.compile T5 (dynamic shapes); pays off on GPUs only once the compile is amortised
-    malloc: Literal["reuse", "system"] = "reuse"  # on a CPU, keep the memory a step frees for the next
+    malloc: HeapPolicy = "reuse"  # on a CPU, keep the memory a step frees for the next
     #   step, in training and evaluation (elmrec.memory: faster; the process holds its peak until it exits), or
     #   glibc's default
     nproc: int = Field(1, ge=1)  # training processes; > 1: DDP under torchrun, one GPU each (gloo on CPU), every

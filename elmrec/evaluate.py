@@ -156,8 +156,7 @@ def load_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | None
         raise FileNotFoundError(f"{checkpoint} is missing; run the train stage first (elmrec task train)")
     adjacency = load_adjacency(paths.graph) if paths.graph.adjacency.is_file() else None
     device = Device.resolve(settings.train.device).device
-    if heap_for(settings.train.malloc, device.type):
-        logger.info("the heap keeps freed memory for the next batch (train.malloc=reuse)")
+    heap_for(settings.train.malloc, device.type)
     return ELMRec.load(checkpoint, adjacency=adjacency, map_location=device)
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (<malloc.h>)
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -39,5 +41,9 @@ def reuse_freed_memory() -> bool:
 
 def heap_for(malloc: str, device: str) -> bool:
     """The heap `train.malloc` asks for, on `device` (a torch device type): `reuse_freed_memory` for "reuse" on the
-    CPU (True where it took effect); nothing for "system", or on an accelerator, whose tensors are not on the heap."""
-    return malloc == "reuse" and device == "cpu" and reuse_freed_memory()
+    CPU (True where it took effect, and logged); nothing for "system", or on an accelerator, whose tensors are not
+    on the heap."""
+    reused = malloc == "reuse" and device == "cpu" and reuse_freed_memory()
+    if reused:
+        log.info("the heap keeps freed memory for the next step (train.malloc=reuse)")
+    return reused

@@ -249,8 +249,7 @@ def train(settings: Settings, paths: WorkPaths, resume: bool = False,
     if world.main and is_finished(run.attempt):  # a promotion was interrupted: complete it before anything else
         promote(run)
     device = Device.resolve(cfg.device, cfg.precision)
-    if heap_for(cfg.malloc, device.device.type):
-        log.info("the heap keeps freed memory for the next step (train.malloc=reuse)")
+    heap_for(cfg.malloc, device.device.type)
     data = TrainData.load(paths)
     model, pretrained = build_model(settings, data, device)
     optimizer = make_optimizer(model, settings)

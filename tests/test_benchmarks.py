@@ -64,13 +64,56 @@ def test_heap_times_both_heaps_in_fresh_processes(tmp_path: Path, real_mirror: P
     out = run_script("heap.py", "--rounds", "1", "--json", str(tmp_path / "heap.json"), "--preset", "demo",
                      "--mirror", str(real_mirror), "--model-mirror", str(T5_SMALL.parent), "--workdir", str(tmp_path),
                      "--batch-size", "4", "--warmup", "0", "--steps", "1")
-    lines = json.loads((tmp_path / "heap.json").read_text())
+    figures = json.loads((tmp_path / "heap.json").read_text())
+    lines = figures["lines"]
+    assert figures["as_shipped"] == []  # no --authors
     assert [(line["task"], line["contestant"]) for line in lines] == [
         ("sequential", "ours"), ("sequential", "stock T5"), ("direct", "ours"), ("direct", "stock T5")]
     for line in lines:
         assert line["system_over_reuse"] == pytest.approx(line["system_s_per_step"] / line["reuse_s_per_step"])
         assert line["system_peak_mib"] > 0 and line["reuse_peak_mib"] > 0
     assert "round 1/1, heap system" in out and "round 1/1, heap reuse" in out and "system/reuse" in out
+
+
+def throughput_row(task: str, device: str, ours: float, stock: float, authors: float) -> dict:
+    """A row of train_throughput.py --json, as heap.py reads it (peaks: 10x the time, in MiB)."""
+    return {"task": task, "device": device, "s_per_step": ours, "peak_mib": 10 * ours, "stock_s_per_step": stock,
+            "stock_peak_mib": 10 * stock, "authors_s_per_step": authors, "authors_peak_mib": 10 * authors}
+
+
+def test_heap_report_averages_rounds_and_compares_each_as_it_ships() -> None:
+    """Two rounds per heap. The authors' stand-in (fp32) is in every precision's rows with the same time and is
+    reported once; as shipped = the stand-in on the system heap / ours on the reused heap, over both tasks."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from heap import as_shipped, report
+
+    def rounds(ours: list[float], authors_direct: float) -> list[dict]:
+        seq32, direct32, seq16, direct16 = ours
+        return [throughput_row("sequential", "cpu (fp32)", seq32, 0.9, 1.2),
+                throughput_row("direct", "cpu (fp32)", direct32, 11.0, authors_direct),
+                throughput_row("sequential", "cpu (bf16 autocast)", seq16, 0.7, 1.2),
+                throughput_row("direct", "cpu (bf16 autocast)", direct16, 8.0, authors_direct)]
+
+    runs = {"system": [rounds([1.0, 12.0, 0.8, 9.0], 13.0), rounds([1.0, 14.0, 0.8, 9.0], 15.0)],
+            "reuse": [rounds([0.8, 10.0, 0.5, 6.0], 11.0), rounds([0.8, 10.0, 0.5, 7.0], 11.0)]}
+    lines = report(runs)
+    assert [(line["task"], line["device"], line["contestant"]) for line in lines] == [
+        ("sequential", "cpu (fp32)", "ours"), ("sequential", "cpu (fp32)", "stock T5"),
+        ("sequential", "cpu (fp32)", "authors' stand-in"),
+        ("direct", "cpu (fp32)", "ours"), ("direct", "cpu (fp32)", "stock T5"),
+        ("direct", "cpu (fp32)", "authors' stand-in"),
+        ("sequential", "cpu (bf16 autocast)", "ours"), ("sequential", "cpu (bf16 autocast)", "stock T5"),
+        ("direct", "cpu (bf16 autocast)", "ours"), ("direct", "cpu (bf16 autocast)", "stock T5")]
+    direct32 = lines[3]
+    assert (direct32["system_s_per_step"], direct32["reuse_s_per_step"]) == (13.0, 10.0)
+    assert direct32["system_over_reuse"] == 1.3 and (direct32["system_peak_mib"], direct32["reuse_peak_mib"]) == (
+        140.0, 100.0)  # the larger round's peak
+    assert (lines[5]["system_s_per_step"], lines[5]["reuse_s_per_step"]) == (14.0, 11.0)
+    shipped = as_shipped(lines)
+    assert [(s["ours"], s["authors_system_s_per_pair"], s["ours_reuse_s_per_pair"]) for s in shipped] == [
+        ("cpu (fp32)", 1.2 + 14.0, 0.8 + 10.0), ("cpu (bf16 autocast)", 1.2 + 14.0, 0.5 + 6.5)]
+    assert [s["authors_over_ours"] for s in shipped] == pytest.approx([15.2 / 10.8, 15.2 / 7.0])
+    assert as_shipped([line for line in lines if line["contestant"] != "authors' stand-in"]) == []
 
 
 def test_t5_flop_count_matches_a_hand_count() -> None:

@@ -75,6 +75,38 @@ def test_heap_times_both_heaps_in_fresh_processes(tmp_path: Path, real_mirror: P
     assert "round 1/1, heap system" in out and "round 1/1, heap reuse" in out and "system/reuse" in out
 
 
+@pytest.mark.slow
+def test_heap_growth_records_every_pair_in_one_process_per_heap(tmp_path: Path, real_mirror: Path) -> None:
+    out = run_script("heap_growth.py", "--preset", "demo", "--mirror", str(real_mirror), "--model-mirror",
+                     str(T5_SMALL.parent), "--workdir", str(tmp_path), "--batch-size", "4", "--pairs", "2",
+                     "--json", str(tmp_path / "growth.json"))
+    figures = json.loads((tmp_path / "growth.json").read_text())
+    assert [(run["heap"], run["reused"]) for run in figures["runs"]] == [("reuse", True), ("system", False)]
+    for run, line in zip(figures["runs"], figures["summaries"], strict=True):
+        assert len(run["rss_mib"]) == 2 and min(run["rss_mib"]) > 100  # a process with a T5 loaded
+        assert all(peak >= rss for peak, rss in zip(run["peak_mib"], run["rss_mib"], strict=True))
+        assert [len(run[key][task]) for key in ("seconds", "padded_length") for task in ("sequential", "direct")] == [
+            2, 2, 2, 2]
+        assert max(run["padded_length"]["sequential"]) < 50 < 300 < min(run["padded_length"]["direct"])
+        assert line["max_rss_mib"] == max(run["rss_mib"]) and line["peak_mib"] == max(run["peak_mib"])
+        assert line["pairs"] == 2
+    assert "heap reuse, pair 2/2" in out and "heap system, pair 2/2" in out and "over the second half" in out
+
+
+def test_heap_growth_summary_finds_the_plateau() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    from heap_growth import summarize
+
+    run = {"heap": "reuse", "rss_mib": [100.0, 180.0, 199.0, 200.0, 198.0, 200.0],
+           "peak_mib": [150.0, 190.0, 205.0, 201.0, 199.0, 200.0],
+           "seconds": {"sequential": [1.0, 0.5, 0.5, 0.5, 0.5, 0.5], "direct": [6.0, 4.0, 4.0, 4.0, 4.0, 4.0]}}
+    assert summarize(run) == {"heap": "reuse", "pairs": 6, "first_rss_mib": 100.0, "max_rss_mib": 200.0,
+                              "pair_within_1pct_of_max": 3,  # 199 >= 198
+                              "second_half_growth_mib": 1.0,  # 200 after pair 6 against 199 after pair 3
+                              "peak_mib": 205.0,
+                              "sequential_s_per_step": 3.5 / 6, "direct_s_per_step": 26.0 / 6}
+
+
 def throughput_row(task: str, device: str, ours: float, stock: float, authors: float) -> dict:
     """A row of train_throughput.py --json, as heap.py reads it (peaks: 10x the time, in MiB)."""
     return {"task": task, "device": device, "s_per_step": ours, "peak_mib": 10 * ours, "stock_s_per_step": stock,

@@ -1,16 +1,17 @@
 """Resident memory over a long CPU training, on the reused heap and on glibc's: does the reused heap stop growing?
 
-    python benchmarks/heap_growth.py [--pairs 60] [--precision bf16] [--heaps reuse,system] [--json out.json]
+    python benchmarks/heap_growth.py [--pairs 60] [--precision bf16] [--heaps reuse,keep,system] [--json out.json]
 
-The reused heap (`train.malloc=reuse`, elmrec.memory) never gives memory back, and reuses freed blocks first-fit,
-so it could creep up over a long training. A process keeps its heap policy for life, so each heap runs in a fresh
-process, one after the other: full t5-small ELMRec (random init) on full Beauty, `--pairs` pairs of optimizer
-steps in the order training takes them (one sequential batch, then one direct batch; bucketed batches as the
-trainer makes them, so their lengths vary). After every pair it records the process's resident memory (VmRSS),
-its peak during the pair (VmHWM, reset before each pair: on glibc's heap RSS falls back between steps, so the
-peak is what a machine must hold), the padded length of each batch and the pair's seconds. Prints, per heap:
-RSS after the first pair, its maximum and the first pair within 1% of it, the growth over the second half of the
-pairs, the peak over all pairs, and the mean seconds per step of each task.
+The heaps: `reuse`, training's (`train.malloc=reuse`, elmrec.memory: freed blocks kept, their pages given back every
+elmrec.memory.RELEASE_EVERY steps); `keep`, the same without the releases (the reused heap before they came: it
+never gives memory back, and reuses freed blocks first fit, so it crept up); `system`, glibc's default. A process
+keeps its heap policy for life, so each heap runs in a fresh process, one after the other: full t5-small ELMRec
+(random init) on full Beauty, `--pairs` pairs of optimizer steps in the order training takes them (one sequential
+batch, then one direct batch; bucketed batches as the trainer makes them, so their lengths vary). After every pair
+it records the process's resident memory (VmRSS), its peak during the pair (VmHWM, reset before each pair: on
+glibc's heap RSS falls back between steps, so the peak is what a machine must hold), the padded length of each batch
+and the pair's seconds. Prints, per heap: RSS after the first pair, its maximum and the first pair within 1% of it,
+the growth over the second half of the pairs, the peak over all pairs, and the mean seconds per step of each task.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 import torch
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_throughput import peak_rss_mib, prepare_data, reset_peak_rss, sample_batches  # benchmarks/
 
-from elmrec.config import HeapPolicy, Task, settings_for
+from elmrec.config import Task, settings_for
 from elmrec.device import Device
-from elmrec.memory import heap_for
+from elmrec.memory import RELEASE_EVERY, heap_for, release_freed_memory
 from elmrec.pretrained import load_tokenizer
 from elmrec.step import make_optimizer, train_step
 from elmrec.train import TrainData, build_model
@@ -42,6 +42,7 @@ from elmrec.wholeword import collate
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 TASKS = (Task.SEQUENTIAL, Task.DIRECT)  # the order of a pair, as training alternates them
+HEAPS = {"reuse": ("reuse", RELEASE_EVERY), "keep": ("reuse", 0), "system": ("system", 0)}  # (malloc, release every)
 
 
 def rss_mib() -> float:
@@ -54,7 +55,8 @@ def rss_mib() -> float:
 
 def train_pairs(args: argparse.Namespace) -> dict:
     """In this process, on args.child's heap: RSS and seconds per step after every pair of steps."""
-    reused = heap_for(args.child, "cpu")
+    malloc, release_every = HEAPS[args.child]
+    reused = heap_for(malloc, "cpu")
     settings = settings_for(args.preset, {
         "workdir": str(args.workdir), "data": {"dataset": "beauty", "mirror": args.mirror},
         "model": {"model_mirror": args.model_mirror, "allow_random_init": True},  # memory and time only
@@ -78,13 +80,15 @@ def train_pairs(args: argparse.Namespace) -> dict:
             train_step(model, optimizer, batch, task=task, device=device).item()
             seconds[task.value].append(time.perf_counter() - start)
             lengths[task.value].append(int(encoded.lengths[rows].max()))
+            if release_every and (2 * pair + TASKS.index(task) + 1) % release_every == 0:  # as elmrec.train does
+                release_freed_memory()
         rss.append(rss_mib())
         peak.append(peak_rss_mib())
         print(f"  heap {args.child}, pair {pair + 1}/{args.pairs}: RSS {rss[-1]:.0f} MiB (peak {peak[-1]:.0f}), "
               f"{seconds['sequential'][-1]:.2f} + {seconds['direct'][-1]:.2f} s, direct batch padded to "
               f"{lengths['direct'][-1]} tokens", flush=True)
-    return {"heap": args.child, "reused": reused, "precision": args.precision, "rss_mib": rss, "peak_mib": peak,
-            "padded_length": lengths, "seconds": seconds}
+    return {"heap": args.child, "reused": reused, "release_every": release_every, "precision": args.precision,
+            "rss_mib": rss, "peak_mib": peak, "padded_length": lengths, "seconds": seconds}
 
 
 def summarize(run: dict) -> dict:
@@ -107,16 +111,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--pairs", type=int, default=60, help="pairs of steps (one sequential, one direct)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="bf16")
-    parser.add_argument("--heaps", default="reuse,system", help="comma-separated, run in this order")
+    parser.add_argument("--heaps", default="reuse,keep,system", help=f"comma-separated, in this order: {list(HEAPS)}")
     parser.add_argument("--json", type=Path, help="write every heap's per-pair figures and summary here")
-    parser.add_argument("--child", choices=get_args(HeapPolicy), help=argparse.SUPPRESS)  # one heap's process
+    parser.add_argument("--child", choices=list(HEAPS), help=argparse.SUPPRESS)  # one heap's process
     parser.add_argument("--child-json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
     heaps = args.heaps.split(",")
-    if unknown := set(heaps) - set(get_args(HeapPolicy)):
-        parser.error(f"--heaps: unknown {sorted(unknown)}; choose from {get_args(HeapPolicy)}")
+    if unknown := set(heaps) - set(HEAPS):
+        parser.error(f"--heaps: unknown {sorted(unknown)}; choose from {list(HEAPS)}")
     args.heaps = heaps
     return args
 
@@ -127,6 +131,7 @@ def main() -> None:
         args.child_json.write_text(json.dumps(train_pairs(args)) + "\n")
         return
     print(f"{args.pairs} pairs of steps per heap, {args.precision}, batch {args.batch_size}, preset {args.preset}, "
+          f"the reused heap's free pages given back every {RELEASE_EVERY} steps (not in `keep`), "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
           flush=True)
     child = [sys.executable, __file__, "--mirror", args.mirror, "--model-mirror", args.model_mirror, "--workdir",

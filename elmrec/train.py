@@ -63,7 +63,7 @@ from elmrec.config import Settings, Task
 from elmrec.data import schemas
 from elmrec.device import Device
 from elmrec.graph import load_adjacency
-from elmrec.memory import heap_for
+from elmrec.memory import RELEASE_EVERY, heap_for, release_freed_memory
 from elmrec.model import ELMRec
 from elmrec.paths import RunPaths, WorkPaths, atomic_path
 from elmrec.pretrained import load_t5, load_tokenizer
@@ -190,10 +190,11 @@ def build_model(settings: Settings, data: TrainData, device: Device) -> tuple[EL
 
 
 def run_epoch(model: ELMRec | DistributedDataParallel, optimizer: torch.optim.Optimizer, parts: list[TaskEpoch],
-              settings: Settings, epoch: int, device: Device, world: World = ONE_PROCESS
+              settings: Settings, epoch: int, device: Device, world: World = ONE_PROCESS, release_every: int = 0
               ) -> tuple[dict[str, float], int, float]:
     """Train one epoch: (mean batch loss per task, samples, seconds). Under DDP every process holds the same
-    batches and steps on its share of each (World.share), the losses of the shares added up at the end."""
+    batches and steps on its share of each (World.share), the losses of the shares added up at the end. On the
+    reused heap (elmrec.memory) `release_every` steps give its free pages back."""
     torch.manual_seed(int(np.random.default_rng([settings.seed, epoch, STREAM_TORCH]).integers(2**62)))
     order = interleave(parts)
     losses: dict[Task, list[torch.Tensor]] = {p.task: [] for p in parts}
@@ -208,6 +209,8 @@ def run_epoch(model: ELMRec | DistributedDataParallel, optimizer: torch.optim.Op
                               grad_scale=0.0 if stand_in else world.size)
             losses[part.task].append(torch.zeros_like(loss) if stand_in else loss)
             samples += len(rows)
+            if release_every and (step + 1) % release_every == 0:
+                release_freed_memory()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item() * world.size:.3f}", task=part.task.value)  # DDP: an estimate
     means = {t.value: float(world.sum(torch.stack(v)).float().mean()) if v else math.nan for t, v in losses.items()}
@@ -249,7 +252,7 @@ def train(settings: Settings, paths: WorkPaths, resume: bool = False,
     if world.main and is_finished(run.attempt):  # a promotion was interrupted: complete it before anything else
         promote(run)
     device = Device.resolve(cfg.device, cfg.precision)
-    heap_for(cfg.malloc, device.device.type)
+    release_every = RELEASE_EVERY if heap_for(cfg.malloc, device.device.type) else 0
     data = TrainData.load(paths)
     model, pretrained = build_model(settings, data, device)
     optimizer = make_optimizer(model, settings)
@@ -261,7 +264,7 @@ def train(settings: Settings, paths: WorkPaths, resume: bool = False,
              _where(device, world), data.n_users, data.n_items, [t.value for t in model.tasks], state.pretrained)
     if not state.done(cfg.max_epochs, cfg.patience):
         fit(model, optimizer, load_tokenizer(settings.model), data, settings, state, run.attempt, device, on_epoch,
-            world)
+            world, release_every)
     if world.main:
         write_history(run.attempt, state, device, settings, finished=True, world=world)
         promote(run)
@@ -302,7 +305,7 @@ def read_result(run: RunPaths) -> TrainResult:
 
 def fit(model: ELMRec, optimizer: torch.optim.Optimizer, tokenizer: PreTrainedTokenizerBase, data: TrainData,
         settings: Settings, state: TrainState, run: RunPaths, device: Device,
-        on_epoch: Callable[[EpochRecord], None] | None, world: World = ONE_PROCESS) -> None:
+        on_epoch: Callable[[EpochRecord], None] | None, world: World = ONE_PROCESS, release_every: int = 0) -> None:
     """The epoch loop from state.epoch + 1, writing into `run` (the attempt folder); the next epoch's prompts are
     encoded while this one trains. Under DDP every process trains and validates its shares and keeps the same
     state (the losses are summed over the processes); rank 0 writes the files."""
@@ -318,7 +321,8 @@ def fit(model: ELMRec, optimizer: torch.optim.Optimizer, tokenizer: PreTrainedTo
                 parts = (pending or encoder.submit(build_epoch, model, tokenizer, data, settings, epoch)).result()
                 pending = (encoder.submit(build_epoch, model, tokenizer, data, settings, epoch + 1)
                            if epoch < cfg.max_epochs else None)
-                train_losses, samples, seconds = run_epoch(net, optimizer, parts, settings, epoch, device, world)
+                train_losses, samples, seconds = run_epoch(net, optimizer, parts, settings, epoch, device, world,
+                                                           release_every)
                 valid_losses = validation_losses(model, valid, cfg.batch_size, device, world)
                 valid_loss = float(np.mean(list(valid_losses.values())))
                 best = state.update(epoch, valid_loss, cfg.early_stopping)

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from elmrec.config import ModelSettings
+from elmrec.memory import RELEASE_EVERY
 from elmrec.pretrained import load_t5
 from tests.conftest import T5_SMALL
 
@@ -81,7 +82,8 @@ def test_heap_growth_records_every_pair_in_one_process_per_heap(tmp_path: Path, 
                      str(T5_SMALL.parent), "--workdir", str(tmp_path), "--batch-size", "4", "--pairs", "2",
                      "--json", str(tmp_path / "growth.json"))
     figures = json.loads((tmp_path / "growth.json").read_text())
-    assert [(run["heap"], run["reused"]) for run in figures["runs"]] == [("reuse", True), ("system", False)]
+    assert [(run["heap"], run["reused"], run["release_every"]) for run in figures["runs"]] == [
+        ("reuse", True, RELEASE_EVERY), ("keep", True, 0), ("system", False, 0)]
     for run, line in zip(figures["runs"], figures["summaries"], strict=True):
         assert len(run["rss_mib"]) == 2 and min(run["rss_mib"]) > 100  # a process with a T5 loaded
         assert all(peak >= rss for peak, rss in zip(run["peak_mib"], run["rss_mib"], strict=True))
@@ -90,7 +92,7 @@ def test_heap_growth_records_every_pair_in_one_process_per_heap(tmp_path: Path, 
         assert max(run["padded_length"]["sequential"]) < 50 < 300 < min(run["padded_length"]["direct"])
         assert line["max_rss_mib"] == max(run["rss_mib"]) and line["peak_mib"] == max(run["peak_mib"])
         assert line["pairs"] == 2
-    assert "heap reuse, pair 2/2" in out and "heap system, pair 2/2" in out and "over the second half" in out
+    assert all(f"heap {heap}, pair 2/2" in out for heap in ("reuse", "keep", "system")) and "second half" in out
 
 
 def test_heap_growth_summary_finds_the_plateau() -> None:

@@ -1,8 +1,10 @@
-"""elmrec.memory: after reuse_freed_memory, training steps stop mapping fresh memory once the heap has grown.
+"""elmrec.memory: after reuse_freed_memory, training steps stop mapping fresh memory once the heap has grown, and
+release_freed_memory gives the free pages back.
 
 In a fresh process (a heap policy lasts for the process), eight training steps of a small network whose hidden
 activations take 64 MiB (2048 x 8192 floats), then eight more after reuse_freed_memory, each step's page faults
-counted: a fault is a page the kernel maps in, zero-filled, the work that reusing memory saves.
+counted: a fault is a page the kernel maps in, zero-filled, the work that reusing memory saves. Then the resident
+memory before and after release_freed_memory, and the faults of the two steps after it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ PAGES_64_MIB = 64 * 2**20 // 4096
 PROBE = """
 import json, resource
 import torch
-from elmrec.memory import reuse_freed_memory
+from pathlib import Path
+from elmrec.memory import release_freed_memory, reuse_freed_memory
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -36,8 +39,15 @@ def faults_of_steps():
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
     return faults
 
+def rss_pages():
+    return int(Path("/proc/self/statm").read_text().split()[1])
+
 system = faults_of_steps()
-print(json.dumps({"system": system, "reused": reuse_freed_memory(), "reuse": faults_of_steps()}))
+reused, reuse = reuse_freed_memory(), faults_of_steps()
+kept = rss_pages()
+released = release_freed_memory()
+print(json.dumps({"system": system, "reused": reused, "reuse": reuse, "released": released, "kept_rss": kept,
+                  "released_rss": rss_pages(), "after_release": faults_of_steps()[:2]}))
 """
 
 
@@ -50,6 +60,10 @@ def test_steps_reuse_the_memory_of_earlier_steps_instead_of_mapping_it_afresh() 
     assert probe["reused"] is True
     later = probe["reuse"][1:]  # the first step grows the heap (and the next few, a little)
     assert min(later) == 0 and sum(later) < sum(probe["system"][1:]) / 4, probe
+    assert probe["released"] is True
+    assert probe["kept_rss"] - probe["released_rss"] >= PAGES_64_MIB, probe  # the steps' free blocks, given back
+    first, second = probe["after_release"]
+    assert first >= PAGES_64_MIB and second < first / 4, probe  # the next step faults them in again, once
 
 
 def test_heap_for_reuses_only_for_reuse_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

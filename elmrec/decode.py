@@ -19,7 +19,8 @@ included) starts from those encoder states. Beam counts below the number of sequ
 preset) are widened with a warning. Beam search uses length_penalty 1.0 (the transformers default) in the paper
 modes and 0.0 in `constrained`. Inputs arrive tokenized (`DecodeInputs`); the only tokenization here is the
 one-off build of the item trie. Scores of generated outputs are their teacher-forced summed log-likelihoods too,
-so every decoder reports the same quantity. The model is any `DecodingModel` (`ELMRec`).
+so every decoder reports the same quantity. The model is any `DecodingModel` (`ELMRec`). On the CPU's reused heap
+(elmrec.memory) a caller passes `release_every`: its free pages go back every so many batches and at the end.
 The item trie and its logits processor live in `elmrec.trie` (re-exported here).
 """
 
@@ -37,6 +38,7 @@ import torch
 
 from elmrec.config import DirectDecoder, EvalSettings, SequentialDecoder, Task
 from elmrec.likelihood import DecodingModel, States, encode, generate, log_likelihood, sequence_log_likelihood
+from elmrec.memory import releasing
 from elmrec.metrics import INVALID, DecodeResult, score_order
 from elmrec.progress import progress_bar
 from elmrec.trie import ItemTrie, ItemTrieLogitsProcessor
@@ -84,7 +86,8 @@ class DecodeInputs:
 
 
 def rank_direct(model: DecodingModel, inputs: DecodeInputs, trie: ItemTrie, settings: EvalSettings,
-                decoders: Sequence[DirectDecoder] | None = None, progress: bool = True) -> dict[str, DecodeResult]:
+                decoders: Sequence[DirectDecoder] | None = None, progress: bool = True,
+                release_every: int = 0) -> dict[str, DecodeResult]:
     """Rank each user's stored candidates with each decoder (default: settings.direct_decoders); {decoder: result}.
 
     `score` ranks all candidates exactly; `beam` keeps the top_n generated ones.
@@ -94,12 +97,12 @@ def rank_direct(model: DecodingModel, inputs: DecodeInputs, trie: ItemTrie, sett
     steps = {"score": _score_batch, "beam": _beam_batch}
     chosen = _chosen(decoders or settings.direct_decoders, get_args(DirectDecoder), "direct")
     return _run(model, inputs, settings, Task.DIRECT, {d: _bind(steps[d], model, trie, settings) for d in chosen},
-                progress)
+                progress, release_every)
 
 
 def rank_sequential(model: DecodingModel, inputs: DecodeInputs, trie: ItemTrie, settings: EvalSettings,
                     decoders: Sequence[SequentialDecoder] | None = None,
-                    progress: bool = True) -> dict[str, DecodeResult]:
+                    progress: bool = True, release_every: int = 0) -> dict[str, DecodeResult]:
     """Top-n items of the whole catalogue per user, never a history item, with each decoder (default:
     settings.sequential_decoders: `constrained` and/or the paper's `rerank`); {decoder: result}."""
     if inputs.histories is None:
@@ -107,7 +110,7 @@ def rank_sequential(model: DecodingModel, inputs: DecodeInputs, trie: ItemTrie, 
     steps = {"constrained": _constrained_batch, "rerank": _rerank_batch}
     chosen = _chosen(decoders or settings.sequential_decoders, get_args(SequentialDecoder), "sequential")
     return _run(model, inputs, settings, Task.SEQUENTIAL,
-                {d: _bind(steps[d], model, trie, settings) for d in chosen}, progress)
+                {d: _bind(steps[d], model, trie, settings) for d in chosen}, progress, release_every)
 
 
 def _chosen(decoders: Sequence[str], known: tuple[str, ...], task: str) -> list[str]:
@@ -122,9 +125,9 @@ def _bind(step: Callable[..., Step], model: DecodingModel, trie: ItemTrie, setti
 
 
 def _run(model: DecodingModel, inputs: DecodeInputs, settings: EvalSettings, task: Task, steps: dict[str, StepFn],
-         progress: bool = True) -> dict[str, DecodeResult]:
+         progress: bool = True, release_every: int = 0) -> dict[str, DecodeResult]:
     """Batch by batch (eval mode, no autograd): one encoder pass, then every decoder's step on its states;
-    each decoder's per-user lists stacked into its DecodeResult."""
+    each decoder's per-user lists stacked into its DecodeResult. `release_every`: memory.releasing."""
     device = next(model.parameters()).device
     was_training = model.training
     model.train(False)
@@ -135,7 +138,7 @@ def _run(model: DecodingModel, inputs: DecodeInputs, settings: EvalSettings, tas
     name = f"{task.value}/{'+'.join(steps)}"
     try:
         with torch.inference_mode(), progress_bar(total=n, desc=name, unit="user", disable=not progress) as bar:
-            for batch in inputs.batches(settings.batch_size, settings.max_users):
+            for batch in releasing(inputs.batches(settings.batch_size, settings.max_users), release_every):
                 batch = replace(batch, input_ids=batch.input_ids.to(device),
                                 attention_mask=batch.attention_mask.to(device), ww_ids=batch.ww_ids.to(device))
                 states = encode(model, batch.input_ids, batch.ww_ids, batch.attention_mask, task)

@@ -41,7 +41,7 @@ from elmrec.data import schemas
 from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
 from elmrec.device import Device
 from elmrec.graph import load_adjacency
-from elmrec.memory import heap_for
+from elmrec.memory import releases_for
 from elmrec.metrics import SCORE_DECODER, DecodeResult
 from elmrec.model import ELMRec
 from elmrec.paths import METRICS_FILE, DataPaths, WorkPaths, atomic_dir
@@ -155,9 +155,7 @@ def load_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | None
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint} is missing; run the train stage first (elmrec task train)")
     adjacency = load_adjacency(paths.graph) if paths.graph.adjacency.is_file() else None
-    device = Device.resolve(settings.train.device).device
-    heap_for(settings.train.malloc, device.type)
-    return ELMRec.load(checkpoint, adjacency=adjacency, map_location=device)
+    return ELMRec.load(checkpoint, adjacency=adjacency, map_location=Device.resolve(settings.train.device).device)
 
 
 def decode_inputs(model: ELMRec, tokenizer: Any, prompts: list[Prompt], task: Task,
@@ -172,17 +170,20 @@ def decode_inputs(model: ELMRec, tokenizer: Any, prompts: list[Prompt], task: Ta
 
 
 def rank_task(model: ELMRec, tokenizer: Any, trie: ItemTrie, data: EvalData, task: Task,
-              settings: Settings, progress: bool = True) -> tuple[dict[str, DecodeResult], np.ndarray]:
+              settings: Settings, progress: bool = True, release_every: int = 0
+              ) -> tuple[dict[str, DecodeResult], np.ndarray]:
     """({decoder: ranking}, targets) of one task over the evaluation users: the prompts are tokenized once and
-    every configured decoder of the task ranks them (one encoder pass per batch)."""
+    every configured decoder of the task ranks them (one encoder pass per batch; the reused heap's free pages
+    given back every `release_every` batches and at the end: elmrec.memory.releasing)."""
     prompts = data.prompts(task, settings.train.max_history)
     if task is Task.DIRECT:
         inputs = decode_inputs(model, tokenizer, prompts, task, candidates=data.candidate_lists())
-        results = rank_direct(model, inputs, trie, settings.eval, progress=progress)
+        results = rank_direct(model, inputs, trie, settings.eval, progress=progress, release_every=release_every)
     else:
         exclusions = data.exclusions([p.user for p in prompts])
         inputs = decode_inputs(model, tokenizer, prompts, task, histories=exclusions)
-        results = rank_sequential(model, inputs, trie, settings.eval, progress=progress)
+        results = rank_sequential(model, inputs, trie, settings.eval, progress=progress,
+                                  release_every=release_every)
     return results, targets_of(prompts)
 
 
@@ -197,6 +198,7 @@ def evaluate_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | 
     torch.manual_seed(settings.seed)  # decoding is deterministic; seeded anyway so no entry point is not
     split = settings.eval.split
     data = EvalData.load(paths.data, split, settings.eval.max_users)
+    release_every = releases_for(settings.train.malloc, Device.resolve(settings.train.device).device.type)
     model = load_model(settings, paths, checkpoint_dir, allow_unfinished)
     if (model.n_users, model.n_items) != (data.n_users, data.n_items):
         raise ValueError(f"checkpoint has {model.n_users} users / {model.n_items} items, the data "
@@ -208,7 +210,7 @@ def evaluate_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | 
     tasks = [t for t in RANKED_TASKS if t in model.tasks]
     for done, task in enumerate(tasks, start=1):
         start = time.perf_counter()
-        results, targets = rank_task(model, tokenizer, trie, data, task, settings, progress)
+        results, targets = rank_task(model, tokenizer, trie, data, task, settings, progress, release_every)
         metrics[task.value] = {d: score(result, targets, data.n_items) for d, result in results.items()}
         predictions.update({f"{task.value}_{d}": result for d, result in results.items()})
         seconds, n_users = time.perf_counter() - start, len(targets)

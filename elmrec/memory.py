@@ -9,9 +9,10 @@ so they come from the heap, and no trimming of the heap's free top (M_TRIM_THRES
 mapped for the next step. The cost: free blocks stay resident, and since they are reused by first fit among
 blocks of other sizes (batches differ in length), the heap spreads over more pages than a step needs: over 60
 pairs of steps of full t5-small its resident memory crept from 5.6 to 9.5 GiB and had not stopped (2026-12-03).
-So a training on the reused heap gives the pages of its free blocks back every `RELEASE_EVERY` steps
-(`release_freed_memory`, malloc_trim(3)); the blocks stay in the heap, and the step after a release faults in
-again what it writes. README, Speed: the measurements.
+So a training or an evaluation on the reused heap gives the pages of its free blocks back every `RELEASE_EVERY`
+steps (optimizer steps, decoding batches) and when its loop ends (`releasing`, `release_freed_memory`,
+malloc_trim(3)); the blocks stay in the heap, and the step after a release faults in again what it writes. README,
+Speed: the measurements.
 
 glibc only (Linux): elsewhere (musl, macOS, Windows) nothing changes.
 """
@@ -22,10 +23,13 @@ import ctypes
 import functools
 import logging
 import platform
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (<malloc.h>)
-RELEASE_EVERY = 20  # optimizer steps between two releases of the reused heap's free pages (module docstring)
+RELEASE_EVERY = 20  # steps (optimizer steps, decoding batches) between two releases of the reused heap's free pages
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @functools.cache
@@ -66,3 +70,21 @@ def heap_for(malloc: str, device: str) -> bool:
     if reused:
         log.info("the heap keeps freed memory for the next step (train.malloc=reuse)")
     return reused
+
+
+def releases_for(malloc: str, device: str) -> int:
+    """The heap `train.malloc` asks for, on `device` (heap_for), and the steps between two releases of its free
+    pages: RELEASE_EVERY where the heap is reused, 0 (never) elsewhere."""
+    return RELEASE_EVERY if heap_for(malloc, device) else 0
+
+
+def releasing(steps: Iterable[T], every: int) -> Iterator[T]:
+    """`steps`, one at a time; after every `every`-th step (once the loop body that took it has run) and after the
+    last one, the reused heap's free pages are given back (release_freed_memory). `every` 0: never."""
+    done = 0
+    for done, step in enumerate(steps, start=1):
+        yield step
+        if every and done % every == 0:
+            release_freed_memory()
+    if every and done % every:
+        release_freed_memory()

@@ -63,7 +63,7 @@ from elmrec.config import Settings, Task
 from elmrec.data import schemas
 from elmrec.device import Device
 from elmrec.graph import load_adjacency
-from elmrec.memory import RELEASE_EVERY, heap_for, release_freed_memory
+from elmrec.memory import releases_for, releasing
 from elmrec.model import ELMRec
 from elmrec.paths import RunPaths, WorkPaths, atomic_path
 from elmrec.pretrained import load_t5, load_tokenizer
@@ -194,13 +194,13 @@ def run_epoch(model: ELMRec | DistributedDataParallel, optimizer: torch.optim.Op
               ) -> tuple[dict[str, float], int, float]:
     """Train one epoch: (mean batch loss per task, samples, seconds). Under DDP every process holds the same
     batches and steps on its share of each (World.share), the losses of the shares added up at the end. On the
-    reused heap (elmrec.memory) `release_every` steps give its free pages back."""
+    reused heap (elmrec.memory) every `release_every` steps and the epoch's end give its free pages back."""
     torch.manual_seed(int(np.random.default_rng([settings.seed, epoch, STREAM_TORCH]).integers(2**62)))
     order = interleave(parts)
     losses: dict[Task, list[torch.Tensor]] = {p.task: [] for p in parts}
     samples, start = 0, time.perf_counter()
     with progress_bar(order, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not world.main) as bar:
-        for step, (part, rows) in enumerate(bar):
+        for step, (part, rows) in enumerate(releasing(bar, release_every)):
             share = world.share(rows)
             tokens = int(np.diff(part.encoded.label_offsets)[rows].sum())  # the global batch's target tokens
             stand_in = len(share) == 0  # fewer rows than processes: step on a row with no weight, in step with DDP
@@ -209,8 +209,6 @@ def run_epoch(model: ELMRec | DistributedDataParallel, optimizer: torch.optim.Op
                               grad_scale=0.0 if stand_in else world.size)
             losses[part.task].append(torch.zeros_like(loss) if stand_in else loss)
             samples += len(rows)
-            if release_every and (step + 1) % release_every == 0:
-                release_freed_memory()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item() * world.size:.3f}", task=part.task.value)  # DDP: an estimate
     means = {t.value: float(world.sum(torch.stack(v)).float().mean()) if v else math.nan for t, v in losses.items()}
@@ -252,7 +250,7 @@ def train(settings: Settings, paths: WorkPaths, resume: bool = False,
     if world.main and is_finished(run.attempt):  # a promotion was interrupted: complete it before anything else
         promote(run)
     device = Device.resolve(cfg.device, cfg.precision)
-    release_every = RELEASE_EVERY if heap_for(cfg.malloc, device.device.type) else 0
+    release_every = releases_for(cfg.malloc, device.device.type)
     data = TrainData.load(paths)
     model, pretrained = build_model(settings, data, device)
     optimizer = make_optimizer(model, settings)

@@ -91,22 +91,57 @@ def test_heap_growth_records_every_pair_in_one_process_per_heap(tmp_path: Path, 
             2, 2, 2, 2]
         assert max(run["padded_length"]["sequential"]) < 50 < 300 < min(run["padded_length"]["direct"])
         assert line["max_rss_mib"] == max(run["rss_mib"]) and line["peak_mib"] == max(run["peak_mib"])
-        assert line["pairs"] == 2
+        assert line["records"] == 2 and (run["stage"], run["unit"]) == ("train", "pair of steps")
     assert all(f"heap {heap}, pair 2/2" in out for heap in ("reuse", "keep", "system")) and "second half" in out
+
+
+@pytest.mark.slow
+def test_heap_growth_of_an_evaluation_records_every_batch_task_by_task(tmp_path: Path, real_mirror: Path) -> None:
+    out = run_script("heap_growth.py", "--stage", "eval", "--preset", "demo", "--mirror", str(real_mirror),
+                     "--model-mirror", str(T5_SMALL.parent), "--workdir", str(tmp_path), "--batch-size", "3",
+                     "--pairs", "2", "--heaps", "reuse,system", "--json", str(tmp_path / "growth.json"))
+    figures = json.loads((tmp_path / "growth.json").read_text())
+    assert [(run["heap"], run["stage"], run["reused"]) for run in figures["runs"]] == [
+        ("reuse", "eval", True), ("system", "eval", False)]
+    for run in figures["runs"]:
+        assert run["record_task"] == ["sequential", "sequential", "direct", "direct"]  # evaluation's order
+        assert run["batch_users"] == 3 and len(run["rss_mib"]) == len(run["peak_mib"]) == 4
+        assert [len(run["seconds"][task]) for task in ("sequential", "direct")] == [2, 2]
+        assert max(run["padded_length"]["sequential"]) < 100 < 300 < min(run["padded_length"]["direct"])
+    assert [(line["heap"], line["task"], line["records"]) for line in figures["summaries"]] == [
+        ("reuse", "sequential", 2), ("reuse", "direct", 2), ("system", "sequential", 2), ("system", "direct", 2)]
+    assert "heap system, direct batch 4/4" in out and "heap reuse, sequential: RSS" in out
 
 
 def test_heap_growth_summary_finds_the_plateau() -> None:
     sys.path.insert(0, str(BENCHMARKS))
-    from heap_growth import summarize
+    from heap_growth import parts, summarize
 
     run = {"heap": "reuse", "rss_mib": [100.0, 180.0, 199.0, 200.0, 198.0, 200.0],
            "peak_mib": [150.0, 190.0, 205.0, 201.0, 199.0, 200.0],
            "seconds": {"sequential": [1.0, 0.5, 0.5, 0.5, 0.5, 0.5], "direct": [6.0, 4.0, 4.0, 4.0, 4.0, 4.0]}}
-    assert summarize(run) == {"heap": "reuse", "pairs": 6, "first_rss_mib": 100.0, "max_rss_mib": 200.0,
-                              "pair_within_1pct_of_max": 3,  # 199 >= 198
+    assert parts(run) == [run]  # a training's pairs are summarized together
+    assert summarize(run) == {"heap": "reuse", "records": 6, "first_rss_mib": 100.0, "max_rss_mib": 200.0,
+                              "record_within_1pct_of_max": 3,  # 199 >= 198
                               "second_half_growth_mib": 1.0,  # 200 after pair 6 against 199 after pair 3
                               "peak_mib": 205.0,
-                              "sequential_s_per_step": 3.5 / 6, "direct_s_per_step": 26.0 / 6}
+                              "sequential_s_per_record": 3.5 / 6, "direct_s_per_record": 26.0 / 6}
+
+
+def test_heap_growth_summarizes_an_evaluation_task_by_task() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    from heap_growth import parts, summarize
+
+    run = {"heap": "keep", "record_task": ["sequential"] * 3 + ["direct"] * 2,
+           "rss_mib": [100.0, 110.0, 120.0, 300.0, 290.0], "peak_mib": [105.0, 115.0, 125.0, 350.0, 340.0],
+           "seconds": {"sequential": [1.0, 2.0, 3.0], "direct": [5.0, 7.0]}}
+    assert [summarize(part) for part in parts(run)] == [
+        {"heap": "keep", "task": "sequential", "records": 3, "first_rss_mib": 100.0, "max_rss_mib": 120.0,
+         "record_within_1pct_of_max": 3, "second_half_growth_mib": 20.0, "peak_mib": 125.0,
+         "sequential_s_per_record": 2.0},
+        {"heap": "keep", "task": "direct", "records": 2, "first_rss_mib": 300.0, "max_rss_mib": 300.0,
+         "record_within_1pct_of_max": 1, "second_half_growth_mib": -10.0, "peak_mib": 350.0,
+         "direct_s_per_record": 6.0}]
 
 
 def throughput_row(task: str, device: str, ours: float, stock: float, authors: float) -> dict:

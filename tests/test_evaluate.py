@@ -18,7 +18,7 @@ from elmrec.config import EvalSettings, Settings, settings_for
 from elmrec.data import schemas
 from elmrec.data.download import download
 from elmrec.data.preprocess import preprocess
-from elmrec.evaluate import PREDICTIONS, evaluate_baselines, evaluate_model, load_model
+from elmrec.evaluate import PREDICTIONS, evaluate_baselines, evaluate_model
 from elmrec.graph import build_graph, load_adjacency
 from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
@@ -335,17 +335,29 @@ def test_id_order_baseline_by_hand(hand_data) -> None:
         assert got["n_users"] == 4
 
 
-def test_loading_the_model_on_the_cpu_asks_for_the_reused_heap_unless_malloc_is_system(
+def test_a_cpu_evaluation_reuses_the_heap_and_releases_it_unless_malloc_is_system(
         trained, monkeypatch: pytest.MonkeyPatch) -> None:
-    from elmrec import memory
+    """On the CPU `train.malloc=reuse` (the default) asks for the reused heap (elmrec.memory) before the model is
+    loaded and gives its free pages back every RELEASE_EVERY decoding batches (here 3) of a task and at the task's
+    end: 4 users in batches of 1, sequential then direct; `system` asks for nothing and releases nothing."""
+    from elmrec import decode, memory
     from elmrec.device import Device
 
     settings, paths = trained
+    if Device.resolve(settings.train.device).device.type != "cpu":
+        pytest.skip("the heap is the CPU's")
     calls: list[str] = []
     monkeypatch.setattr(memory, "reuse_freed_memory", lambda: calls.append("reuse") or True)
-    system = settings.model_copy(update={"train": settings.train.model_copy(update={"malloc": "system"})})
-    load_model(system, paths)
-    assert calls == []
-    load_model(settings, paths)
-    on_cpu = Device.resolve(settings.train.device).device.type == "cpu"
-    assert settings.train.malloc == "reuse" and calls == (["reuse"] if on_cpu else [])
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: calls.append("release") or True)
+    monkeypatch.setattr(memory, "RELEASE_EVERY", 3)
+    encoder = decode.encode
+    monkeypatch.setattr(decode, "encode", lambda *args, **kw: calls.append("batch") or encoder(*args, **kw))
+    one_by_one = with_eval(settings, batch_size=1)
+    system = one_by_one.model_copy(update={"train": settings.train.model_copy(update={"malloc": "system"})})
+    evaluate_model(system, paths, progress=False)
+    assert calls == ["batch"] * 8
+    calls.clear()
+    reused = evaluate_model(one_by_one, paths, progress=False)
+    task = ["batch", "batch", "batch", "release", "batch", "release"]  # after the 3rd batch, and the 4th (the end)
+    assert one_by_one.train.malloc == "reuse" and calls == ["reuse", *task, *task]
+    assert reused == evaluate_model(system, paths, progress=False)  # the heap changes no ranking

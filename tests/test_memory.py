@@ -73,3 +73,28 @@ def test_heap_for_reuses_only_for_reuse_on_the_cpu(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(memory, "reuse_freed_memory", lambda: calls.append("reuse") or True)
     assert not memory.heap_for("system", "cpu") and not memory.heap_for("reuse", "cuda") and calls == []
     assert memory.heap_for("reuse", "cpu") and calls == ["reuse"]
+
+
+def test_releases_for_gives_the_interval_only_where_the_heap_is_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from elmrec import memory
+
+    monkeypatch.setattr(memory, "reuse_freed_memory", lambda: True)
+    assert [memory.releases_for(malloc, device) for malloc, device in
+            [("reuse", "cpu"), ("system", "cpu"), ("reuse", "cuda")]] == [memory.RELEASE_EVERY, 0, 0]
+
+
+@pytest.mark.parametrize(("n_steps", "every", "expected"), [
+    (5, 2, ["step 1", "step 2", "release", "step 3", "step 4", "release", "step 5", "release"]),  # and the end
+    (4, 2, ["step 1", "step 2", "release", "step 3", "step 4", "release"]),  # the end just released
+    (3, 0, ["step 1", "step 2", "step 3"]),  # 0: never
+    (0, 2, []),  # no steps, nothing to give back
+])
+def test_releasing_gives_pages_back_after_every_nth_step_and_the_last(
+        monkeypatch: pytest.MonkeyPatch, n_steps: int, every: int, expected: list[str]) -> None:
+    from elmrec import memory
+
+    calls: list[str] = []
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: calls.append("release") or True)
+    for step in memory.releasing(range(1, n_steps + 1), every):
+        calls.append(f"step {step}")  # the loop body runs before the release that follows its step
+    assert calls == expected

@@ -17,9 +17,9 @@ the growth over the second half of the pairs, the peak over all pairs, and the m
 `--stage eval` measures an evaluation instead, in its order: `--pairs` decoding batches of the sequential task,
 then as many of the direct task (the preset's decoders unless `--sequential-decoders` / `--direct-decoders`;
 `eval.batch_size` test users each, in user order as evaluate ranks them); one record per batch. `reuse` gives the
-heap's free pages back every RELEASE_EVERY batches of a task and at its end, as evaluation does (elmrec.decode),
-`keep` never; the RSS of a batch is taken before the release that may follow it. Evaluation
-runs in fp32, as elmrec.evaluate does (`--precision` is for training); `--batch-size` sets `eval.batch_size` here.
+heap's free pages back before a task's first batch, every RELEASE_EVERY and after its last, as evaluation does
+(elmrec.decode), `keep` never; the RSS of a batch is taken before the release that may follow it. Evaluation runs
+in fp32, as elmrec.evaluate does (`--precision` is for training); `--batch-size` sets `eval.batch_size` here.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def train_pairs(args: argparse.Namespace) -> dict:
             train_step(model, optimizer, batch, task=task, device=device).item()
             seconds[task.value].append(time.perf_counter() - start)
             lengths[task.value].append(int(encoded.lengths[rows].max()))
-            if release_every and (2 * pair + TASKS.index(task) + 1) % release_every == 0:  # as elmrec.train does
+            # every release_every steps, as elmrec.train does (which also releases before an epoch's first step)
+            if release_every and (2 * pair + TASKS.index(task) + 1) % release_every == 0:
                 release_freed_memory()
         rss.append(rss_mib())
         peak.append(peak_rss_mib())

@@ -20,7 +20,8 @@ preset) are widened with a warning. Beam search uses length_penalty 1.0 (the tra
 modes and 0.0 in `constrained`. Inputs arrive tokenized (`DecodeInputs`); the only tokenization here is the
 one-off build of the item trie. Scores of generated outputs are their teacher-forced summed log-likelihoods too,
 so every decoder reports the same quantity. The model is any `DecodingModel` (`ELMRec`). On the CPU's reused heap
-(elmrec.memory) a caller passes `release_every`: its free pages go back every so many batches and at the end.
+(elmrec.memory) a caller passes `release_every`: its free pages go back before the first batch, every so many
+batches and after the last.
 The item trie and its logits processor live in `elmrec.trie` (re-exported here).
 """
 

@@ -174,7 +174,7 @@ def rank_task(model: ELMRec, tokenizer: Any, trie: ItemTrie, data: EvalData, tas
               ) -> tuple[dict[str, DecodeResult], np.ndarray]:
     """({decoder: ranking}, targets) of one task over the evaluation users: the prompts are tokenized once and
     every configured decoder of the task ranks them (one encoder pass per batch; the reused heap's free pages
-    given back every `release_every` batches and at the end: elmrec.memory.releasing)."""
+    given back before the first batch, every `release_every` and after the last: elmrec.memory.releasing)."""
     prompts = data.prompts(task, settings.train.max_history)
     if task is Task.DIRECT:
         inputs = decode_inputs(model, tokenizer, prompts, task, candidates=data.candidate_lists())

@@ -10,9 +10,9 @@ mapped for the next step. The cost: free blocks stay resident, and since they ar
 blocks of other sizes (batches differ in length), the heap spreads over more pages than a step needs: over 60
 pairs of steps of full t5-small its resident memory crept from 5.6 to 9.5 GiB and had not stopped (2026-12-03).
 So a training or an evaluation on the reused heap gives the pages of its free blocks back every `RELEASE_EVERY`
-steps (optimizer steps, decoding batches) and when its loop ends (`releasing`, `release_freed_memory`,
-malloc_trim(3)); the blocks stay in the heap, and the step after a release faults in again what it writes. README,
-Speed: the measurements.
+steps (optimizer steps, decoding batches), before its loop's first step and after its last (`releasing`,
+`release_freed_memory`, malloc_trim(3)); the blocks stay in the heap, and the step after a release faults in again
+what it writes. README, Speed: the measurements.
 
 glibc only (Linux): elsewhere (musl, macOS, Windows) nothing changes.
 """
@@ -79,10 +79,13 @@ def releases_for(malloc: str, device: str) -> int:
 
 
 def releasing(steps: Iterable[T], every: int) -> Iterator[T]:
-    """`steps`, one at a time; after every `every`-th step (once the loop body that took it has run) and after the
-    last one, the reused heap's free pages are given back (release_freed_memory). `every` 0: never."""
+    """`steps`, one at a time; before the first (what the work before the loop freed), after every `every`-th
+    (once the loop body that took it has run) and after the last, the reused heap's free pages are given back
+    (release_freed_memory). `every` 0: never."""
     done = 0
     for done, step in enumerate(steps, start=1):
+        if every and done == 1:
+            release_freed_memory()
         yield step
         if every and done % every == 0:
             release_freed_memory()

@@ -194,7 +194,8 @@ def run_epoch(model: ELMRec | DistributedDataParallel, optimizer: torch.optim.Op
               ) -> tuple[dict[str, float], int, float]:
     """Train one epoch: (mean batch loss per task, samples, seconds). Under DDP every process holds the same
     batches and steps on its share of each (World.share), the losses of the shares added up at the end. On the
-    reused heap (elmrec.memory) every `release_every` steps and the epoch's end give its free pages back."""
+    reused heap (elmrec.memory) its free pages go back before the first step, every `release_every` steps and after
+    the last (memory.releasing)."""
     torch.manual_seed(int(np.random.default_rng([settings.seed, epoch, STREAM_TORCH]).integers(2**62)))
     order = interleave(parts)
     losses: dict[Task, list[torch.Tensor]] = {p.task: [] for p in parts}

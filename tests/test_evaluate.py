@@ -338,8 +338,9 @@ def test_id_order_baseline_by_hand(hand_data) -> None:
 def test_a_cpu_evaluation_reuses_the_heap_and_releases_it_unless_malloc_is_system(
         trained, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the CPU `train.malloc=reuse` (the default) asks for the reused heap (elmrec.memory) before the model is
-    loaded and gives its free pages back every RELEASE_EVERY decoding batches (here 3) of a task and at the task's
-    end: 4 users in batches of 1, sequential then direct; `system` asks for nothing and releases nothing."""
+    loaded and gives its free pages back before a task's first decoding batch, after every RELEASE_EVERY (here 3)
+    and after its last: 4 users in batches of 1, sequential then direct; `system` asks for nothing and releases
+    nothing."""
     from elmrec import decode, memory
     from elmrec.device import Device
 
@@ -358,6 +359,6 @@ def test_a_cpu_evaluation_reuses_the_heap_and_releases_it_unless_malloc_is_syste
     assert calls == ["batch"] * 8
     calls.clear()
     reused = evaluate_model(one_by_one, paths, progress=False)
-    task = ["batch", "batch", "batch", "release", "batch", "release"]  # after the 3rd batch, and the 4th (the end)
+    task = ["release", "batch", "batch", "batch", "release", "batch", "release"]  # before, after the 3rd, the end
     assert one_by_one.train.malloc == "reuse" and calls == ["reuse", *task, *task]
     assert reused == evaluate_model(system, paths, progress=False)  # the heap changes no ranking

@@ -84,12 +84,13 @@ def test_releases_for_gives_the_interval_only_where_the_heap_is_reused(monkeypat
 
 
 @pytest.mark.parametrize(("n_steps", "every", "expected"), [
-    (5, 2, ["step 1", "step 2", "release", "step 3", "step 4", "release", "step 5", "release"]),  # and the end
-    (4, 2, ["step 1", "step 2", "release", "step 3", "step 4", "release"]),  # the end just released
+    (5, 2, ["release", "step 1", "step 2", "release", "step 3", "step 4", "release", "step 5", "release"]),
+    (4, 2, ["release", "step 1", "step 2", "release", "step 3", "step 4", "release"]),  # the end just released
+    (1, 3, ["release", "step 1", "release"]),
     (3, 0, ["step 1", "step 2", "step 3"]),  # 0: never
     (0, 2, []),  # no steps, nothing to give back
 ])
-def test_releasing_gives_pages_back_after_every_nth_step_and_the_last(
+def test_releasing_gives_pages_back_before_the_first_step_after_every_nth_and_after_the_last(
         monkeypatch: pytest.MonkeyPatch, n_steps: int, every: int, expected: list[str]) -> None:
     from elmrec import memory
 

@@ -71,10 +71,10 @@ def bench_settings(args: argparse.Namespace) -> Settings:
                        "model": {"model_mirror": args.model_mirror, "allow_random_init": True}}
     if args.stage == "train":
         overrides["train"] = {"batch_size": args.batch_size or TRAIN_BATCH}
-    else:
-        overrides["eval"] = {key: value for key, value in [("batch_size", args.batch_size),
-                             ("direct_decoders", args.direct_decoders), ("sequential_decoders",
-                             args.sequential_decoders)] if value}
+    else:  # the preset's own where a flag is not given
+        chosen = {"batch_size": args.batch_size, "direct_decoders": args.direct_decoders,
+                  "sequential_decoders": args.sequential_decoders}
+        overrides["eval"] = {key: value for key, value in chosen.items() if value}
     return settings_for(args.preset, overrides)
 
 
@@ -222,13 +222,7 @@ def main() -> None:
           f"{'steps' if args.stage == 'train' else 'batches'} (not in `keep`), "
           f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
           flush=True)
-    child = [sys.executable, __file__, "--mirror", args.mirror, "--model-mirror", args.model_mirror, "--workdir",
-             str(args.workdir), "--preset", args.preset, "--stage", args.stage, "--pairs", str(args.pairs),
-             "--precision", args.precision, *[item for flag, value in [
-                 ("--batch-size", args.batch_size and str(args.batch_size)),
-                 ("--direct-decoders", args.direct_decoders and ",".join(args.direct_decoders)),
-                 ("--sequential-decoders", args.sequential_decoders and ",".join(args.sequential_decoders))]
-                 if value for item in (flag, value)]]
+    child = [sys.executable, __file__, *sys.argv[1:]]  # each heap's process measures with this one's arguments
     runs, summaries = [], []
     with tempfile.TemporaryDirectory() as folder:
         for heap in args.heaps:

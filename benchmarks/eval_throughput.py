@@ -2,6 +2,7 @@
 
     python benchmarks/eval_throughput.py [--mirror ../shared/data] [--users 32] [--device auto|cpu|cuda]
     python benchmarks/eval_throughput.py --preset demo --users 4   # the demo preset's reduced T5: a smoke run
+    python benchmarks/eval_throughput.py --precisions fp32,bf16    # each mode in both eval.precision, in turns
 
 The data stages run on Beauty in a temporary work dir (through the mirror, as a user's download would); the
 model is ELMRec around a randomly initialised t5-small with Beauty's node table and graph, so every tensor has
@@ -11,7 +12,10 @@ is shown beside it: on a loaded CPU its first allocations of each tensor shape c
 Goal: direct `score` >= 3x the users/s of direct `beam`. The default batch of 16 users keeps beam search's
 cross-attention cache (users x beams x prompt tokens) within a small machine's memory.
 Random weights do not change the cost of a forward pass; they do change how many beam steps end early, so
-the beam figures are indicative.
+the beam figures are indicative. With `--precisions fp32,bf16` each mode runs in each `eval.precision` in turn
+(both passes of one, then both of the other, the order alternating from mode to mode) and prints bf16's speed-up
+and how alike the two precisions' top-10 lists are (on random weights; benchmarks/eval_precision.py compares them
+on a trained model).
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval_precision import agreement  # benchmarks/eval_precision.py
 
 from elmrec.config import EvalSettings, Settings, Task, settings_for
 from elmrec.data.download import download
@@ -54,20 +62,18 @@ def prepare(settings: Settings) -> WorkPaths:
 
 
 def run_mode(model: ELMRec, inputs: DecodeInputs, trie: ItemTrie, task: str, mode: str, eval_settings: EvalSettings,
-             n_users: int) -> float:
-    """Seconds to rank the first n_users users with one decoder, or several side by side on one encoder pass
-    per batch (`score+beam`) (CUDA synchronised)."""
-    limited = eval_settings.model_copy(update={"max_users": n_users})
+             n_users: int, precision: str = "fp32") -> tuple[float, dict[str, Any]]:
+    """(seconds, {decoder: ranking}) of the first n_users users ranked with one decoder, or several side by side
+    on one encoder pass per batch (`score+beam`), in `precision` (eval.precision) (CUDA synchronised)."""
+    limited = eval_settings.model_copy(update={"max_users": n_users, "precision": precision})
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
-    if task == "direct":
-        rank_direct(model, inputs, trie, limited, decoders=mode.split("+"), progress=False)
-    else:
-        rank_sequential(model, inputs, trie, limited, decoders=mode.split("+"), progress=False)
+    rank = rank_direct if task == "direct" else rank_sequential
+    results = rank(model, inputs, trie, limited, decoders=mode.split("+"), progress=False)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, results
 
 
 def main() -> None:
@@ -83,6 +89,8 @@ def main() -> None:
                         help="comma-separated task/decoder; task/a+b times decoders a and b side by side")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); on a shared, "
                         "loaded CPU one thread avoids stalls of threads waiting for a descheduled sibling")
+    parser.add_argument("--precisions", default="fp32", help="comma-separated eval.precision values, each mode "
+                        "timed in each, in turns (fp32,bf16: bf16's speed-up and top-10 agreement)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -120,20 +128,34 @@ def main() -> None:
               f"{shape} {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
               f"direct prompt {int(inputs['direct'].attention_mask.sum(1).float().mean())} tokens, "
               f"sequential {int(inputs['sequential'].attention_mask.sum(1).float().mean())}", flush=True)
-        figures, cold = {}, {}
-        for name in args.modes.split(","):
+        precisions = args.precisions.split(",")
+        figures, cold, agree = {}, {}, {}
+        for i, name in enumerate(args.modes.split(",")):
             task, mode = name.split("/")
-            first = run_mode(model, inputs[task], trie, task, mode, settings.eval, args.users)
-            seconds = run_mode(model, inputs[task], trie, task, mode, settings.eval, args.users)
-            figures[name], cold[name] = args.users / seconds, args.users / first
-            print(f"{name:<24} {args.users:4d} users {seconds:8.2f} s  {figures[name]:8.2f} users/s   "
-                  f"(first pass {first:7.2f} s, {cold[name]:6.2f} users/s)", flush=True)
+            results = {}
+            for precision in precisions if i % 2 == 0 else precisions[::-1]:
+                label = name if precisions == ["fp32"] else f"{name} {precision}"
+                first, _ = run_mode(model, inputs[task], trie, task, mode, settings.eval, args.users, precision)
+                seconds, results[precision] = run_mode(model, inputs[task], trie, task, mode, settings.eval,
+                                                       args.users, precision)
+                figures[label], cold[label] = args.users / seconds, args.users / first
+                print(f"{label:<29} {args.users:4d} users {seconds:8.2f} s  {figures[label]:8.2f} users/s   "
+                      f"(first pass {first:7.2f} s, {cold[label]:6.2f} users/s)", flush=True)
+            if {"fp32", "bf16"} <= set(results):
+                speedup = figures[f"{name} bf16"] / figures[f"{name} fp32"]
+                for decoder in results["fp32"]:
+                    alike = agreement(results["fp32"][decoder].items, results["bf16"][decoder].items)
+                    agree[f"{task}/{decoder}"] = alike
+                    print(f"{task}/{decoder}: bf16 {speedup:.2f}x the users/s of fp32; identical top-10 lists "
+                          f"{alike['identical_top10']:.3f}, mean overlap@10 {alike['mean_overlap@10']:.4f}, same "
+                          f"first item {alike['same_first']:.3f}", flush=True)
         if "direct/score" in figures and "direct/beam" in figures:
             ratio = figures["direct/score"] / figures["direct/beam"]
             print(f"direct score / beam throughput: {ratio:.2f}x (goal >= 3x)")
         if args.json:
             args.json.write_text(json.dumps({"device": str(device), "users": args.users, "batch_size": args.batch_size,
-                                             "users_per_s": figures, "first_pass_users_per_s": cold}, indent=2) + "\n")
+                                             "users_per_s": figures, "first_pass_users_per_s": cold,
+                                             "agreement": agree}, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

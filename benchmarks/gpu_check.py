@@ -10,12 +10,15 @@ fails or runs out of time is recorded and the next one runs; the JSON is rewritt
   sequential and direct, alternating with a stock T5 step on the same batches: samples/s, peak GPU memory, ours /
   stock, FLOPs per step (train_throughput.t5_train_flops; LightGCN's sparse work not counted) and MFU against
   the card's dense peak (train_throughput.PEAKS: bf16 for autocast, fp32 CUDA cores or TF32 for fp32).
-- eval_throughput: users/s of each decoder (direct score, beam; sequential constrained, rerank), paper beams, fp32.
+- eval_throughput: users/s of each decoder (direct score, beam; sequential constrained, rerank), paper beams, in
+  fp32 and in bf16 autocast (`eval.precision`), in turns; how alike the two precisions' top-10 lists are.
 - paper_p5, paper_shuffled: the `paper` preset on full Beauty (bf16; random-init t5-small: no weights travel),
   trained until the next epoch would overrun the budget minus `--eval-reserve-s` (`--passes-per-epoch` 1, not
   the preset's 3, so that epochs and checkpoints come often), then its best checkpoint evaluated on the first
   `--test-users` test users beside the popularity / random / id_order baselines: with P5 item IDs and with
-  shuffled ones, does the model learn anything beyond ID order at this scale?
+  shuffled ones, does the model learn anything beyond ID order at this scale? The checkpoint is then evaluated
+  once more with `eval.precision=bf16` where the time left allows: a trained model's metrics and top-10 lists in
+  both precisions, and the seconds of each evaluation.
 - attention: bf16 direct steps with SDPA (the default) against eager attention, same weights and batches.
 - classic: SASRec and LightGCN (elmrec.classic) on full Beauty with P5 IDs, `--classic-epochs` epochs each on the
   GPU, then the first `--test-users` test users: that the baselines' CUDA path runs, and its seconds per epoch.
@@ -52,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_throughput as tt  # benchmarks/train_throughput.py: data preparation, step timing, FLOP count
+from eval_precision import agreement, rankings  # benchmarks/eval_precision.py: two precisions' top-10 lists
 
 from elmrec.classic import evaluate_classic, train_classic
 from elmrec.config import Settings, Task, settings_for
@@ -59,8 +63,9 @@ from elmrec.decode import rank_direct, rank_sequential
 from elmrec.device import Device
 from elmrec.evaluate import EvalData, decode_inputs, evaluate_baselines, evaluate_model
 from elmrec.graph import load_adjacency
+from elmrec.metrics import DecodeResult
 from elmrec.model import ELMRec
-from elmrec.paths import RunPaths
+from elmrec.paths import RunPaths, WorkPaths
 from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.step import make_optimizer, train_step
 from elmrec.train import EpochRecord, TrainData, build_model, train
@@ -72,6 +77,7 @@ SECTIONS = ("train_throughput", "eval_throughput", "paper_p5", "paper_shuffled",
 BUDGET_S = {"train_throughput": 60, "eval_throughput": 60, "paper_p5": 130, "paper_shuffled": 130, "attention": 20,
             "classic": 40, "compile": 60}  # --total-s caps them; compile last: a compilation cannot be stopped at will
 DECODERS = (("direct", "score"), ("direct", "beam"), ("sequential", "constrained"), ("sequential", "rerank"))
+EVAL_PRECISIONS = ("fp32", "bf16")  # eval.precision, timed side by side
 # (GPU, --smoke CPU) defaults of the options left unset
 DEFAULTS = {"batch_size": (64, 4), "warmup": (3, 1), "steps": (20, 2), "eval_users": (256, 4), "test_users": (2000, 20),
             "eval_reserve_s": (40.0, 20.0), "total_s": (420.0, 360.0), "classic_epochs": (3, 1)}
@@ -231,16 +237,16 @@ def train_options(args: argparse.Namespace, option: str, deadline: float) -> dic
 
 
 def decode_seconds(model: ELMRec, inputs: Any, trie: ItemTrie, task: str, decoder: str, settings: Settings,
-                   users: int) -> float:
-    """Seconds to rank the first `users` users with one decoder (CUDA synchronised)."""
-    limited = settings.eval.model_copy(update={"max_users": users})
+                   users: int, precision: str = "fp32") -> tuple[float, DecodeResult]:
+    """(seconds, ranking) of the first `users` users ranked with one decoder in `precision` (CUDA synchronised)."""
+    limited = settings.eval.model_copy(update={"max_users": users, "precision": precision})
     rank = rank_direct if task == "direct" else rank_sequential
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     start = time.perf_counter()
-    rank(model, inputs, trie, limited, decoders=[decoder], progress=False)
+    result = rank(model, inputs, trie, limited, decoders=[decoder], progress=False)[decoder]
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, result
 
 
 def eval_throughput(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
@@ -259,19 +265,33 @@ def eval_throughput(args: argparse.Namespace, deadline: float) -> dict[str, Any]
                                       Task.DIRECT, candidates=data.candidate_lists()),
               "sequential": decode_inputs(model, tokenizer, seq, Task.SEQUENTIAL,
                                           histories=data.exclusions([p.user for p in seq]))}
-    figures = {}
+    figures: dict[str, dict[str, Any]] = {p: {} for p in EVAL_PRECISIONS}
+    agree = {}
     for i, (task, decoder) in enumerate(DECODERS):
-        batch = min(args.eval_batch, len(inputs[task]))
-        first = decode_seconds(model, inputs[task], trie, task, decoder, settings, batch)  # warm-up, estimate
-        share = (deadline - time.perf_counter()) / (len(DECODERS) - i)
-        users = int(min(len(inputs[task]), max(batch, batch * (0.8 * share / first) // 1)))
-        seconds = decode_seconds(model, inputs[task], trie, task, decoder, settings, users)
-        figures[f"{task}/{decoder}"] = {"users": users, "seconds": seconds, "users_per_s": users / seconds,
-                                        "first_batch_s": first}
-        log.info("eval %s/%s: %.1f users/s over %d users", task, decoder, users / seconds, users)
-    return {"users_per_s": {k: v["users_per_s"] for k, v in figures.items()}, "decoders": figures,
-            "batch_size": args.eval_batch, "precision": "fp32", "beams": {"direct": settings.eval.direct_beams,
-            "sequential": settings.eval.sequential_beams, "rerank_n": settings.eval.rerank_n}}  # fmt: skip
+        batch, name = min(args.eval_batch, len(inputs[task])), f"{task}/{decoder}"
+        order = EVAL_PRECISIONS if i % 2 == 0 else EVAL_PRECISIONS[::-1]
+        first = {p: decode_seconds(model, inputs[task], trie, task, decoder, settings, batch, p)[0]  # warm-up
+                 for p in order}
+        share = (deadline - time.perf_counter()) / (len(DECODERS) - i)  # both precisions' share
+        users = int(min(len(inputs[task]), max(batch, batch * (0.8 * share / sum(first.values())) // 1)))
+        ranked = {}
+        for precision in order:
+            seconds, ranked[precision] = decode_seconds(model, inputs[task], trie, task, decoder, settings, users,
+                                                        precision)
+            figures[precision][name] = {"users": users, "seconds": seconds, "users_per_s": users / seconds,
+                                        "first_batch_s": first[precision]}
+        agree[name] = agreement(ranked["fp32"].items, ranked["bf16"].items)
+        log.info("eval %s over %d users: %.1f users/s in fp32, %.1f in bf16; identical top-10 lists %.3f", name, users,
+                 figures["fp32"][name]["users_per_s"], figures["bf16"][name]["users_per_s"],
+                 agree[name]["identical_top10"])
+    speedup = {name: figures["bf16"][name]["users_per_s"] / row["users_per_s"] for name, row in figures["fp32"].items()}
+    return {"users_per_s": {k: v["users_per_s"] for k, v in figures["fp32"].items()}, "decoders": figures["fp32"],
+            "bf16_users_per_s": {k: v["users_per_s"] for k, v in figures["bf16"].items()},
+            "bf16_decoders": figures["bf16"], "bf16_speedup": speedup, "agreement": agree,
+            "agreement_of": "random weights: benchmarks/eval_precision.py and the paper sections compare trained ones",
+            "batch_size": args.eval_batch, "precision": "fp32 (users_per_s) and bf16 autocast (bf16_*)",
+            "beams": {"direct": settings.eval.direct_beams, "sequential": settings.eval.sequential_beams,
+                      "rerank_n": settings.eval.rerank_n}}
 
 
 def paper_training(args: argparse.Namespace, deadline: float, id_scheme: str) -> dict[str, Any]:
@@ -304,8 +324,28 @@ def paper_training(args: argparse.Namespace, deadline: float, id_scheme: str) ->
     free_memory()  # an interrupted step's tensors
     start = time.perf_counter()
     metrics = evaluate_model(settings, paths, checkpoint_dir=run.checkpoint, progress=False)
-    return {"id_scheme": id_scheme, "train": trained, "metrics": metrics, "baselines": baselines,
-            "eval_seconds": time.perf_counter() - start, "test_users": args.test_users}
+    eval_seconds = time.perf_counter() - start
+    out = {"id_scheme": id_scheme, "train": trained, "metrics": metrics, "baselines": baselines,
+           "eval_seconds": eval_seconds, "test_users": args.test_users}
+    return out | {"bf16": bf16_evaluation(settings, paths, run.checkpoint, eval_seconds, deadline)}
+
+
+def bf16_evaluation(settings: Settings, paths: WorkPaths, checkpoint: Path, fp32_seconds: float,
+                    deadline: float) -> dict[str, Any]:
+    """The same checkpoint evaluated with eval.precision=bf16 when as long as fp32's evaluation still fits before
+    the deadline: its metrics and seconds, and how alike its top-10 lists are to fp32's (eval_precision.py)."""
+    left = deadline - time.perf_counter()
+    if left < 1.2 * fp32_seconds:
+        return {"skipped": f"{left:.0f} s left, fp32's evaluation took {fp32_seconds:.0f} s"}
+    bf16 = settings.model_copy(update={"eval": settings.eval.model_copy(update={"precision": "bf16"})})
+    start = time.perf_counter()
+    metrics = evaluate_model(bf16, paths, checkpoint_dir=checkpoint, progress=False)
+    seconds = time.perf_counter() - start
+    names = [f"{task}_{decoder}" for task, by_decoder in metrics.items() for decoder in by_decoder]
+    agree = {name: agreement(rankings(settings, paths, name), rankings(bf16, paths, name)) for name in names}
+    log.info("bf16 evaluation of the same checkpoint: %.1f s against fp32's %.1f s; %s", seconds, fp32_seconds,
+             {name: round(a["identical_top10"], 3) for name, a in agree.items()})
+    return {"metrics": metrics, "eval_seconds": seconds, "speedup": fp32_seconds / seconds, "agreement": agree}
 
 
 def classic_models(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
@@ -338,6 +378,8 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         if not section.get("ok"):
             continue
         row = {f"{task}/{dec}": m["hr@10"] for task, by in section["metrics"].items() for dec, m in by.items()}
+        row |= {f"{task}/{dec} bf16": m["hr@10"] for task, by in section["bf16"].get("metrics", {}).items()
+                for dec, m in by.items()}  # the same checkpoint evaluated in bf16
         row |= {f"{name}:{task}": by[task]["score"]["hr@10"] for name, by in section["baselines"].items()
                 for task in ("direct", "sequential")}
         out[scheme] = {"hr@10": row, "best_valid_loss": section["train"]["best_valid_loss"]}

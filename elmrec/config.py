@@ -171,6 +171,8 @@ class EvalSettings(_Strict):
     rerank_n: int = Field(15, ge=0)  # N extra beams returned before history items are dropped (paper's N)
     batch_size: int = Field(32, ge=1)  # users per decoding batch
     max_users: int | None = Field(None, ge=1)  # evaluate the first N users only; None = all
+    precision: Literal["fp32", "bf16"] = "fp32"  # fp32: the same rankings from a checkpoint on every machine;
+    #   bf16: autocast, faster where bf16 is (README, Speed), near-tied candidates may swap places
 
     @field_validator("direct_decoders")
     @classmethod

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from elmrec.config import DirectDecoder, EvalSettings, SequentialDecoder, Task
+from elmrec.device import Device
 from elmrec.likelihood import DecodingModel, States, encode, generate, log_likelihood, sequence_log_likelihood
 from elmrec.memory import releasing
 from elmrec.metrics import INVALID, DecodeResult, score_order
@@ -127,9 +128,11 @@ def _bind(step: Callable[..., Step], model: DecodingModel, trie: ItemTrie, setti
 
 def _run(model: DecodingModel, inputs: DecodeInputs, settings: EvalSettings, task: Task, steps: dict[str, StepFn],
          progress: bool = True, release_every: int = 0) -> dict[str, DecodeResult]:
-    """Batch by batch (eval mode, no autograd): one encoder pass, then every decoder's step on its states;
-    each decoder's per-user lists stacked into its DecodeResult. `release_every`: memory.releasing."""
+    """Batch by batch (eval mode, no autograd, in `settings.precision`): one encoder pass, then every decoder's
+    step on its states; each decoder's per-user lists stacked into its DecodeResult. `release_every`:
+    memory.releasing."""
     device = next(model.parameters()).device
+    amp = Device.resolve(device.type, settings.precision)  # its autocast: none in fp32
     was_training = model.training
     model.train(False)
     ranked: dict[str, list[list[int]]] = {d: [] for d in steps}
@@ -138,7 +141,8 @@ def _run(model: DecodingModel, inputs: DecodeInputs, settings: EvalSettings, tas
     n = len(inputs) if settings.max_users is None else min(settings.max_users, len(inputs))
     name = f"{task.value}/{'+'.join(steps)}"
     try:
-        with torch.inference_mode(), progress_bar(total=n, desc=name, unit="user", disable=not progress) as bar:
+        with (torch.inference_mode(), amp.autocast(),
+              progress_bar(total=n, desc=name, unit="user", disable=not progress) as bar):
             for batch in releasing(inputs.batches(settings.batch_size, settings.max_users), release_every):
                 batch = replace(batch, input_ids=batch.input_ids.to(device),
                                 attention_mask=batch.attention_mask.to(device), ww_ids=batch.ww_ids.to(device))

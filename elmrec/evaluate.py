@@ -216,8 +216,8 @@ def evaluate_model(settings: Settings, paths: WorkPaths, checkpoint_dir: Path | 
         seconds, n_users = time.perf_counter() - start, len(targets)
         summary = "; ".join(f"{d} hr@10 {m['hr@10']:.4f} ndcg@10 {m['ndcg@10']:.4f}"
                             for d, m in metrics[task.value].items())
-        logger.info("%s/%s: %d users in %.1f s (%.2f users/s, all decoders); %s", task.value, split, n_users,
-                    seconds, n_users / max(seconds, 1e-9), summary)
+        logger.info("%s/%s: %d users in %.1f s (%.2f users/s, all decoders, %s); %s", task.value, split, n_users,
+                    seconds, n_users / max(seconds, 1e-9), settings.eval.precision, summary)
         if on_task is not None:
             on_task(task.value, metrics[task.value], done / len(tasks))
     if not metrics:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
@@ -219,8 +220,16 @@ def test_gpu_check_smoke_writes_every_section(tmp_path: Path, real_mirror: Path)
         fp32 = row["precision"] == "cpu (fp32)"  # the authors' stand-in runs in fp32, as their code
         assert ("authors_s_per_step" in row) == fp32 and (not fp32 or row["authors_over_ours"] == pytest.approx(
             row["authors_s_per_step"] / row["s_per_step"]))
-    assert set(sections["eval_throughput"]["users_per_s"]) == {
-        "direct/score", "direct/beam", "sequential/constrained", "sequential/rerank"}
+    decoders = {"direct/score", "direct/beam", "sequential/constrained", "sequential/rerank"}
+    evaluation = sections["eval_throughput"]  # each decoder in fp32 and in bf16, the same users
+    assert set(evaluation["users_per_s"]) == set(evaluation["bf16_users_per_s"]) == set(evaluation["agreement"]) \
+        == decoders
+    for name in decoders:
+        fp32, bf16, alike = evaluation["users_per_s"][name], evaluation["bf16_users_per_s"][name], \
+            evaluation["agreement"][name]
+        assert evaluation["decoders"][name]["users"] == evaluation["bf16_decoders"][name]["users"]
+        assert evaluation["bf16_speedup"][name] == bf16 / fp32
+        assert 0 <= alike["identical_top10"] <= alike["mean_overlap@10"] <= 1
     for scheme in ("p5", "shuffled"):
         paper = sections[f"paper_{scheme}"]
         assert paper["id_scheme"] == scheme and paper["train"]["epochs"] and paper["train"]["best_epoch"] == 1
@@ -228,6 +237,11 @@ def test_gpu_check_smoke_writes_every_section(tmp_path: Path, real_mirror: Path)
         assert {"hr@5", "hr@10", "ndcg@10", "n_users"} <= set(paper["metrics"]["direct"]["score"])
         assert paper["metrics"]["direct"]["score"]["n_users"] == paper["test_users"] == 20
         assert set(paper["baselines"]) == {"popularity", "random", "id_order"}
+        bf16 = paper["bf16"]  # the same checkpoint evaluated in bf16 (20 users: seconds on a CPU)
+        assert set(bf16["metrics"]) == {"sequential", "direct"} and bf16["metrics"]["direct"]["score"]["n_users"] == 20
+        assert list(bf16["agreement"]) == ["sequential_constrained", "direct_score"]
+        assert bf16["speedup"] == pytest.approx(paper["eval_seconds"] / bf16["eval_seconds"])
+        assert report["summary"][scheme]["hr@10"]["direct/score bf16"] == bf16["metrics"]["direct"]["score"]["hr@10"]
         assert set(report["summary"][scheme]["hr@10"]) >= {"direct/score", "sequential/constrained",
                                                            "id_order:direct", "popularity:sequential"}
     attention = sections["attention"]  # SDPA against eager attention on the same direct batches, bf16
@@ -250,6 +264,57 @@ def test_eval_throughput_reports_every_mode(tmp_path: Path, real_mirror: Path) -
     assert figures["device"] == "cpu" and figures["users"] == 3
     modes = ["direct/score", "direct/beam", "sequential/constrained", "sequential/rerank"]
     assert sorted(figures["users_per_s"]) == sorted(modes) and all(v > 0 for v in figures["users_per_s"].values())
+    assert figures["agreement"] == {}  # one precision: nothing to compare
+    out = run_script("eval_throughput.py", "--preset", "demo", "--mirror", str(real_mirror), "--model-mirror",
+                     str(T5_SMALL.parent), "--users", "3", "--batch-size", "2", "--device", "cpu",
+                     "--modes", "direct/score,sequential/constrained", "--precisions", "fp32,bf16",
+                     "--json", str(tmp_path / "both.json"))
+    both = json.loads((tmp_path / "both.json").read_text())
+    assert list(both["users_per_s"]) == ["direct/score fp32", "direct/score bf16",  # the order alternates
+                                         "sequential/constrained bf16", "sequential/constrained fp32"]
+    assert list(both["agreement"]) == ["direct/score", "sequential/constrained"]
+    for agreement in both["agreement"].values():
+        assert 0 <= agreement["identical_top10"] <= agreement["mean_overlap@10"] <= 1
+    assert "direct/score: bf16" in out and "the users/s of fp32" in out
+
+
+def test_top10_agreement_of_two_rankings_by_hand() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    from eval_precision import agreement
+
+    fp32 = np.array([[*range(1, 11), 99], [*range(11, 21), 98]])  # an 11th slot: not compared
+    bf16 = np.array([[1, 2, 3, 4, 5, 6, 7, 8, 10, 9, 97],  # two swapped
+                     [30, *range(11, 20), -1]])  # one item in front, the last pushed out
+    assert agreement(fp32, fp32) == {"identical_top10": 1.0, "mean_overlap@10": 1.0, "same_first": 1.0}
+    assert agreement(fp32, bf16) == {"identical_top10": 0.0, "mean_overlap@10": pytest.approx(0.95),
+                                     "same_first": 0.5}  # 10/10 and 9/10 items shared
+    assert agreement(fp32, np.array([[*range(1, 11), 0], [*range(11, 21), 0]]))["identical_top10"] == 1.0
+    empty = np.zeros((2, 0), dtype=int)  # every output invalid: no slot at all
+    assert agreement(empty, np.full((2, 3), -1)) == {"identical_top10": 1.0, "mean_overlap@10": 1.0,
+                                                     "same_first": 1.0}  # ten empty slots each
+    half = np.array([[1, 2, 3, 4, 5], [11, 12, 13, 14, 15]])  # 5 items, then 5 empty slots
+    assert agreement(half, fp32)["mean_overlap@10"] == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_eval_precision_smoke_ranks_one_checkpoint_in_both_precisions(tmp_path: Path, real_mirror: Path) -> None:
+    args = ["--smoke", "--mirror", str(real_mirror), "--model-mirror", str(T5_SMALL.parent), "--workdir",
+            str(tmp_path / "work"), "--users", "12"]
+    out = run_script("eval_precision.py", *args, "--json", str(tmp_path / "first.json"))
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert first["preset"] == "demo (smoke)" and first["train_seconds"] > 0 and "training: " in out
+    assert [len(first["seconds"][p]) for p in ("fp32", "bf16")] == [2, 2]
+    assert set(first["metrics"]["bf16"]) == set(first["metrics"]["fp32"]) == {"sequential", "direct"}
+    assert first["metrics"]["bf16"]["direct"]["score"]["n_users"] == 12
+    assert list(first["agreement"]) == ["sequential_constrained", "direct_score"]
+    row = next(r for r in first["comparison"] if r["name"] == "direct/score hr@10")
+    assert (row["fp32"], row["bf16"]) == (first["metrics"]["fp32"]["direct"]["score"]["hr@10"],
+                                          first["metrics"]["bf16"]["direct"]["score"]["hr@10"])
+    assert len(list((tmp_path / "work").rglob("eval-*/test/metrics.json"))) == 2  # one folder per precision
+    run_script("eval_precision.py", *args, "--rounds", "1", "--json", str(tmp_path / "again.json"))
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["train_seconds"] is None  # the finished training of the work dir is reused
+    assert again["metrics"] == first["metrics"]  # same checkpoint, same users: the same figures
 
 
 @pytest.mark.slow

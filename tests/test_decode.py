@@ -305,3 +305,37 @@ def test_decoders_side_by_side_share_one_encoder_pass(tokenizer: Any, task: str,
         assert (alone.n_invalid, alone.n_outputs) == (both[decoder].n_invalid, both[decoder].n_outputs)
     with pytest.raises(ValueError, match="decoders must be among"):
         rank(model, inputs, trie, settings, decoders=["rerank" if task == "direct" else "beam"], progress=False)
+
+
+@pytest.mark.parametrize("task", ["direct", "sequential"])
+def test_eval_precision_bf16_decodes_under_autocast_and_fp32_without(tokenizer: Any, task: str) -> None:
+    """eval.precision: every decoder pass (encoder, scoring, beam steps) runs its products in bf16 under bf16 and in
+    fp32 by default; bf16's log-likelihoods stay within its rounding of fp32's."""
+    model = StandIn(seed=6)
+    trie = ItemTrie.from_tokenizer(tokenizer, 150)
+    rng = np.random.default_rng(2)
+    if task == "direct":
+        inputs = make_inputs(tokenizer, PROMPTS, candidates=[rng.choice(np.arange(1, 151), 10, replace=False).tolist()
+                                                             for _ in PROMPTS])
+        rank, decoders = rank_direct, {"direct_decoders": ["score", "beam"], "direct_beams": 6}
+    else:
+        inputs = make_inputs(tokenizer, PROMPTS, histories=[[1, 2], [], [7]])
+        rank, decoders = rank_sequential, {"sequential_decoders": ["constrained", "rerank"], "sequential_beams": 6}
+    seen: list[torch.dtype] = []
+    model.t5.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    results = {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        settings = EvalSettings(top_n=4, rerank_n=2, batch_size=2, precision=precision, **decoders)
+        results[precision] = rank(model, inputs, trie, settings, progress=False)
+        assert set(seen) == {torch.float32 if precision == "fp32" else torch.bfloat16}
+    assert EvalSettings().precision == "fp32"
+    for decoder, fp32 in results["fp32"].items():
+        bf16 = results["bf16"][decoder]
+        assert bf16.users.tolist() == [1, 2, 3] and bf16.items.shape == fp32.items.shape
+        if decoder == "score":  # the same candidates, each scored within bf16's rounding of its fp32 score
+            for u in range(3):
+                assert sorted(bf16.items[u].tolist()) == sorted(fp32.items[u].tolist())
+                by_item = dict(zip(fp32.items[u].tolist(), fp32.scores[u]))
+                np.testing.assert_allclose(bf16.scores[u], [by_item[i] for i in bf16.items[u].tolist()],
+                                           rtol=0.02, atol=0.05)

@@ -91,3 +91,13 @@ def test_data_settings_keep_one_per_distinct_data_and_graph_output() -> None:
     assert list(found) == ["", "id_scheme=shuffled", "graph_edges=all"]
     assert found[""] is base and found["id_scheme=shuffled"].data.id_scheme == "shuffled"
     assert data_label(base, variants[1]) == "" and data_label(base, variants[3]) == "graph_edges=all"
+
+
+def test_an_evaluation_in_bf16_keeps_its_own_folder_beside_fp32s_from_one_checkpoint(tmp_path: Path) -> None:
+    base = settings_for("demo", {"workdir": str(tmp_path)})
+    bf16 = settings_for("demo", {"workdir": str(tmp_path), "eval": {"precision": "bf16"}})
+    paths = WorkPaths.from_settings(base)
+    assert base.eval.precision == "fp32"
+    assert [stage for stage in UPSTREAM if key(base, stage) != key(bf16, stage)] == ["evaluate"]
+    assert paths.run(bf16) == paths.run(base)
+    assert paths.run(bf16).evaluation(bf16) != paths.run(base).evaluation(base)

@@ -18,8 +18,10 @@ the growth over the second half of the pairs, the peak over all pairs, and the m
 then as many of the direct task (the preset's decoders unless `--sequential-decoders` / `--direct-decoders`;
 `eval.batch_size` test users each, in user order as evaluate ranks them); one record per batch. `reuse` gives the
 heap's free pages back before a task's first batch, every RELEASE_EVERY and after its last, as evaluation does
-(elmrec.decode), `keep` never; the RSS of a batch is taken before the release that may follow it. Evaluation runs
-in fp32, as elmrec.evaluate does (`--precision` is for training); `--batch-size` sets `eval.batch_size` here.
+(elmrec.decode), `keep` never; the RSS of a batch is taken before the release that may follow it. The process
+holds what an evaluation holds: the model and the graph (random init, built without the training data, which the
+README's runs of 2026-12-03 13:28-14:49 UTC also loaded), the test users' data and prompts. Evaluation runs in fp32,
+`eval.precision`'s default (`--precision` is for training); `--batch-size` sets `eval.batch_size` here.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ from elmrec.config import Settings, Task, settings_for
 from elmrec.decode import rank_direct, rank_sequential
 from elmrec.device import Device
 from elmrec.evaluate import EvalData, decode_inputs
+from elmrec.graph import load_adjacency
 from elmrec.memory import RELEASE_EVERY, heap_for, release_freed_memory, releasing
-from elmrec.pretrained import load_tokenizer
+from elmrec.model import ELMRec
+from elmrec.pretrained import load_t5, load_tokenizer
 from elmrec.step import make_optimizer, train_step
 from elmrec.train import TrainData, build_model
 from elmrec.trie import ItemTrie
@@ -124,8 +128,9 @@ def eval_batches(args: argparse.Namespace) -> dict:
     paths = prepare_data(settings)
     size = settings.eval.batch_size
     data = EvalData.load(paths.data, "test", args.pairs * size)
-    model, _ = build_model(settings, TrainData.load(paths), Device(torch.device("cpu"), None))
-    model.eval()
+    torch.manual_seed(settings.seed)
+    t5, _ = load_t5(settings.model)  # the model and graph alone, as evaluate loads them: no training data
+    model = ELMRec(t5, settings.model, data.n_users, data.n_items, load_adjacency(paths.graph), list(TASKS)).eval()
     tokenizer = load_tokenizer(settings.model)
     trie = ItemTrie.from_tokenizer(tokenizer, data.n_items)
     seq_prompts = data.prompts(Task.SEQUENTIAL, settings.train.max_history)

@@ -332,7 +332,7 @@ def paper_training(args: argparse.Namespace, deadline: float, id_scheme: str) ->
 
 def bf16_evaluation(settings: Settings, paths: WorkPaths, checkpoint: Path, fp32_seconds: float,
                     deadline: float) -> dict[str, Any]:
-    """The same checkpoint evaluated with eval.precision=bf16 when as long as fp32's evaluation still fits before
+    """The same checkpoint evaluated with eval.precision=bf16, if an evaluation as long as fp32's still fits before
     the deadline: its metrics and seconds, and how alike its top-10 lists are to fp32's (eval_precision.py)."""
     left = deadline - time.perf_counter()
     if left < 1.2 * fp32_seconds:

@@ -278,21 +278,27 @@ def test_generate_from_shared_encoder_states_equals_generate_from_embeddings(tok
     assert torch.equal(shared, own) and torch.equal(again, own) and shared.shape[0] == 9
 
 
-@pytest.mark.parametrize("task, decoders", [("direct", ["score", "beam"]), ("sequential", ["constrained", "rerank"])])
+BOTH_DECODERS = {"direct": ["score", "beam"], "sequential": ["constrained", "rerank"]}
+
+
+def task_inputs(tokenizer: Any, task: str, seed: int) -> tuple[Any, DecodeInputs]:
+    """(rank function, inputs) of the three PROMPTS for one task: 10 random candidates of items 1..150 each
+    (direct), or short histories (sequential)."""
+    if task == "direct":
+        rng = np.random.default_rng(seed)
+        return rank_direct, make_inputs(tokenizer, PROMPTS, candidates=[
+            rng.choice(np.arange(1, 151), 10, replace=False).tolist() for _ in PROMPTS])
+    return rank_sequential, make_inputs(tokenizer, PROMPTS, histories=[[1, 2], [], [7]])
+
+
+@pytest.mark.parametrize("task, decoders", list(BOTH_DECODERS.items()))
 def test_decoders_side_by_side_share_one_encoder_pass(tokenizer: Any, task: str, decoders: list[str]) -> None:
     """Both decoders of a task in one call: one encoder pass per batch (beam rescoring included), and each
     decoder's result equals the one it gives alone."""
     model = StandIn(seed=4)
     trie = ItemTrie.from_tokenizer(tokenizer, 150)
-    rng = np.random.default_rng(1)
-    if task == "direct":
-        inputs = make_inputs(tokenizer, PROMPTS, candidates=[rng.choice(np.arange(1, 151), 10, replace=False).tolist()
-                                                             for _ in PROMPTS])
-        rank, settings = rank_direct, EvalSettings(direct_decoders=decoders, top_n=4, direct_beams=6, batch_size=2)
-    else:
-        inputs = make_inputs(tokenizer, PROMPTS, histories=[[1, 2], [], [7]])
-        rank = rank_sequential
-        settings = EvalSettings(sequential_decoders=decoders, top_n=4, rerank_n=2, sequential_beams=6, batch_size=2)
+    rank, inputs = task_inputs(tokenizer, task, seed=1)
+    settings = EvalSettings(**{f"{task}_decoders": decoders, f"{task}_beams": 6}, top_n=4, rerank_n=2, batch_size=2)
     both = rank(model, inputs, trie, settings, progress=False)
     assert list(both) == decoders
     assert model.encoded == [2, 1]  # 3 users in batches of 2: one encoder pass each, for both decoders
@@ -313,14 +319,8 @@ def test_eval_precision_bf16_decodes_under_autocast_and_fp32_without(tokenizer: 
     fp32 by default; bf16's log-likelihoods stay within its rounding of fp32's."""
     model = StandIn(seed=6)
     trie = ItemTrie.from_tokenizer(tokenizer, 150)
-    rng = np.random.default_rng(2)
-    if task == "direct":
-        inputs = make_inputs(tokenizer, PROMPTS, candidates=[rng.choice(np.arange(1, 151), 10, replace=False).tolist()
-                                                             for _ in PROMPTS])
-        rank, decoders = rank_direct, {"direct_decoders": ["score", "beam"], "direct_beams": 6}
-    else:
-        inputs = make_inputs(tokenizer, PROMPTS, histories=[[1, 2], [], [7]])
-        rank, decoders = rank_sequential, {"sequential_decoders": ["constrained", "rerank"], "sequential_beams": 6}
+    rank, inputs = task_inputs(tokenizer, task, seed=2)
+    decoders = {f"{task}_decoders": BOTH_DECODERS[task], f"{task}_beams": 6}
     seen: list[torch.dtype] = []
     model.t5.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     results = {}

@@ -47,7 +47,7 @@ reused, reuse = reuse_freed_memory(), faults_of_steps()
 kept = rss_pages()
 released = release_freed_memory()
 print(json.dumps({"system": system, "reused": reused, "reuse": reuse, "released": released, "kept_rss": kept,
-                  "released_rss": rss_pages(), "after_release": faults_of_steps()[:2]}))
+                  "released_rss": rss_pages(), "after_release": faults_of_steps()[:3]}))
 """
 
 
@@ -62,8 +62,9 @@ def test_steps_reuse_the_memory_of_earlier_steps_instead_of_mapping_it_afresh() 
     assert min(later) == 0 and sum(later) < sum(probe["system"][1:]) / 4, probe
     assert probe["released"] is True
     assert probe["kept_rss"] - probe["released_rss"] >= PAGES_64_MIB, probe  # the steps' free blocks, given back
-    first, second = probe["after_release"]
-    assert first >= PAGES_64_MIB and second < first / 4, probe  # the next step faults them in again, once
+    first, second, third = probe["after_release"]  # the next step faults them in again, once; the one after may
+    #   still grow the heap by a block, as the second and third steps of `reuse` may (16,384 pages on a Xeon)
+    assert first >= PAGES_64_MIB and second < first / 2 and third < first / 4, probe
 
 
 def test_heap_for_reuses_only_for_reuse_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -149,6 +149,7 @@ class TrainSettings(_Strict):
 
 DirectDecoder = Literal["score", "beam"]  # score: all 100 candidates, exactly; beam: the paper's free beam search
 SequentialDecoder = Literal["constrained", "rerank"]  # constrained: trie beam search; rerank: the paper's
+EvalPrecision = Literal["fp32", "bf16"]  # eval.precision (no auto: a run's numbers do not depend on the CPU)
 DECODER_ORDER = (*get_args(DirectDecoder), *get_args(SequentialDecoder))  # canonical: score, beam, constrained, rerank
 
 
@@ -171,7 +172,7 @@ class EvalSettings(_Strict):
     rerank_n: int = Field(15, ge=0)  # N extra beams returned before history items are dropped (paper's N)
     batch_size: int = Field(32, ge=1)  # users per decoding batch
     max_users: int | None = Field(None, ge=1)  # evaluate the first N users only; None = all
-    precision: Literal["fp32", "bf16"] = "fp32"  # fp32: the same rankings from a checkpoint on every machine;
+    precision: EvalPrecision = "fp32"  # fp32: the same rankings from a checkpoint on every machine;
     #   bf16: autocast, faster where bf16 is (README, Speed), near-tied candidates may swap places
 
     @field_validator("direct_decoders")

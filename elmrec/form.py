@@ -19,7 +19,7 @@ from pydantic import (
     model_serializer,
 )
 
-from elmrec.config import deep_merge
+from elmrec.config import EvalPrecision, deep_merge
 
 P5Dataset = Literal["beauty", "sports", "toys"]  # the p5 source's datasets (a test keeps them equal to its list)
 
@@ -28,7 +28,7 @@ TARGETS: dict[str, str] = {
     "dataset": "data.dataset", "max_users": "data.max_users", "id_scheme": "data.id_scheme",
     "graph_edges": "data.graph_edges", "mirror": "data.mirror", "seed": "seed", "epochs": "train.max_epochs",
     "batch_size": "train.batch_size", "device": "train.device", "precision": "train.precision",
-    "split": "eval.split", "eval_users": "eval.max_users",
+    "split": "eval.split", "eval_users": "eval.max_users", "eval_precision": "eval.precision",
 }
 
 
@@ -77,6 +77,8 @@ class CommonSettings(BaseModel):
     split: Annotated[Split | None, shown_as(Split)] = Field(None, description="eval.split: the split evaluated")
     eval_users: Annotated[Count | None, shown_as(Count)] = Field(
         None, description="eval.max_users: evaluate the first N users only")
+    eval_precision: Annotated[EvalPrecision | None, shown_as(EvalPrecision)] = Field(
+        None, description="eval.precision: bf16 ranks faster, near-tied candidates may swap places")
 
     @model_serializer(mode="wrap")
     def _set_fields_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

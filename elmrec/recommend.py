@@ -42,7 +42,7 @@ from elmrec.checkpoint import checkpoint_to_evaluate
 from elmrec.classic_batches import eval_inputs
 from elmrec.classic_checkpoint import MODEL_FILE, SHAPE_FILE
 from elmrec.classic_eval import TaskInputs, rank_all
-from elmrec.config import EvalSettings, LightGCNSettings, ModelSettings, SASRecSettings, Settings, Task
+from elmrec.config import EvalPrecision, EvalSettings, LightGCNSettings, ModelSettings, SASRecSettings, Settings, Task
 from elmrec.data import schemas
 from elmrec.decode import rank_sequential
 from elmrec.device import Device
@@ -119,6 +119,7 @@ class ELMRecRanker:
     trie: ItemTrie
     max_history: int  # history items in the prompt (train.max_history)
     beams: int  # beams of the search (eval.sequential_beams), widened to k when k is larger
+    precision: EvalPrecision = "fp32"  # of the search (eval.precision)
 
     def top(self, users: list[int], exclude: list[list[int]], k: int) -> tuple[list[list[int]], list[list[float]]]:
         template = SEQUENTIAL_TEMPLATES[BARE_SEQUENTIAL]
@@ -126,7 +127,7 @@ class ELMRecRanker:
                    for u, h in zip(users, exclude)]
         inputs = decode_inputs(self.model, self.tokenizer, prompts, Task.SEQUENTIAL, histories=exclude)
         search = EvalSettings(sequential_decoders=["constrained"], sequential_beams=max(self.beams, k), top_n=k,
-                              batch_size=DECODE_BATCH)
+                              batch_size=DECODE_BATCH, precision=self.precision)
         result = rank_sequential(self.model, inputs, self.trie, search, progress=False)["constrained"]
         return _rows(result.items, result.scores)
 
@@ -247,8 +248,9 @@ class ModelFiles:
         return ModelFiles.read(target)
 
 
-def load(files: ModelFiles, device: str = "auto") -> Recommender:
-    """The recommender of `files`, in eval mode on `device` (auto: CUDA when available)."""
+def load(files: ModelFiles, device: str = "auto", precision: EvalPrecision = "fp32") -> Recommender:
+    """The recommender of `files`, in eval mode on `device` (auto: CUDA when available); ELMRec searches in
+    `precision` (bf16: under autocast, as an evaluation with eval.precision=bf16; SASRec and LightGCN: fp32)."""
     chosen = Device.resolve(device, "fp32")
     adjacency = sp.csr_matrix(sp.load_npz(files.adjacency)) if files.adjacency is not None else None
     catalogue = Catalogue.load(files.data)
@@ -259,7 +261,7 @@ def load(files: ModelFiles, device: str = "auto") -> Recommender:
                              "not the sequential task that ranks the whole catalogue")
         tokenizer = load_tokenizer(ModelSettings(model_name=files.tokenizer))
         ranker: Ranker = ELMRecRanker(model, tokenizer, ItemTrie.from_tokenizer(tokenizer, model.n_items),
-                                      files.max_history, files.beams)
+                                      files.max_history, files.beams, precision)
     else:
         model = _classic(files, adjacency).to(chosen.device).eval()
         ranker = ClassicRanker(model, chosen)
@@ -269,8 +271,9 @@ def load(files: ModelFiles, device: str = "auto") -> Recommender:
 
 
 def from_run(settings: Settings, paths: WorkPaths | None = None, allow_unfinished: bool = False) -> Recommender:
-    """The recommender of the finished run of `settings` in its work dir, on train.device."""
-    return load(ModelFiles.of_run(settings, paths, allow_unfinished), settings.train.device)
+    """The recommender of the finished run of `settings` in its work dir, on train.device, ranking in
+    eval.precision."""
+    return load(ModelFiles.of_run(settings, paths, allow_unfinished), settings.train.device, settings.eval.precision)
 
 
 def _classic(files: ModelFiles, adjacency: sp.csr_matrix | None) -> SASRec | LightGCN:

@@ -106,6 +106,27 @@ def test_a_bundle_recommends_alone_what_the_run_recommends(tiny_run: Settings, r
     assert load(files, "cpu").recommend(users, k=4).equals(recommender.recommend(users, k=4))
 
 
+def test_elmrec_searches_in_eval_precision(tiny_run: Settings, recommender: Recommender) -> None:
+    """fp32 by default; with eval.precision=bf16 every pass of the search runs under bf16 autocast, and the same
+    users get as many new items, scored within bf16's rounding."""
+    seen: list[torch.dtype] = []
+    users = ["U1", "U2", "U3", "U4"]
+    for precision in ("fp32", "bf16"):
+        chosen = from_run(tiny_run.model_copy(update={"eval": tiny_run.eval.model_copy(
+            update={"precision": precision})}))
+        assert chosen.ranker.precision == precision
+        chosen.ranker.model.t5.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        table = chosen.recommend(users, k=4)
+        check_rankings(table, users, 4)
+        assert set(seen) == {torch.float32 if precision == "fp32" else torch.bfloat16}
+        seen.clear()
+        if precision == "fp32":
+            assert table.equals(recommender.recommend(users, k=4))
+        else:  # each rank's score within bf16's rounding of fp32's (a swap of near-tied items moves neither)
+            fp32 = recommender.recommend(users, k=4)
+            np.testing.assert_allclose(table["score"].to_numpy(), fp32["score"].to_numpy(), rtol=0.05, atol=0.1)
+
+
 @pytest.mark.parametrize("kind", ["sasrec", "lightgcn"])
 def test_classic_models_rank_every_item_with_the_history_masked(kind: str,
                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -1,6 +1,6 @@
 """Should an evaluation run in bf16? One trained checkpoint ranked in fp32 and with bf16 autocast, side by side.
 
-    python benchmarks/eval_precision.py [--preset mini] [--users 1000] [--rounds 2] [--json out.json]
+    python benchmarks/eval_precision.py [--preset mini] [--users 1000] [--rounds 2] [--decoders paper] [--json F]
     python benchmarks/eval_precision.py --smoke   # the demo preset, 1 epoch, 20 users: shows the script works
 
 Trains the preset on Beauty in fp32 with `elmrec.train.train` (its own work dir keeps the run: a rerun reuses the
@@ -8,8 +8,10 @@ finished checkpoint), then evaluates that checkpoint with `elmrec.evaluate.evalu
 `eval.precision=fp32` and `bf16`, taking turns (fp32 first in odd rounds, bf16 first in even ones), and prints, per
 task and decoder: every metric in both precisions and their relative gap, how many users get the very same
 top-10 list, the mean overlap of the two top-10 lists, the share whose first item agrees; and the seconds of each
-evaluation, so bf16's speed-up is a ratio of evaluations of one process taking turns. Every round ranks the same
-users with the same checkpoint, so the rankings of one precision must repeat exactly from round to round (checked).
+evaluation, so bf16's speed-up is a ratio of evaluations of one process taking turns. `--decoders paper` adds the
+paper's decoders (direct free beam search, sequential rerank, with the settings' beams) beside the default ones.
+Every round ranks the same users with the same checkpoint, so the rankings of one precision must repeat exactly
+from round to round (checked).
 The same model ranks in both: what differs is only the rounding of the products (bf16 keeps 8 bits of mantissa).
 """
 
@@ -44,6 +46,8 @@ from elmrec.train import train
 
 PRECISIONS = ("fp32", "bf16")
 TOP = 10  # the lists compared: HR/NDCG@10's
+DECODERS = {"default": {},  # the settings' own; paper: the paper's decoders beside them
+            "paper": {"direct_decoders": ["score", "beam"], "sequential_decoders": ["constrained", "rerank"]}}
 SMOKE = {"data": {"max_users": 100}, "train": {"max_epochs": 1, "valid_users": 10, "batch_size": 16}}
 
 
@@ -52,7 +56,8 @@ def settings_of(args: argparse.Namespace, precision: str) -> Settings:
     overrides: dict[str, Any] = {
         "workdir": str(args.workdir), "data": {"dataset": "beauty", "mirror": args.mirror},
         "model": {"model_mirror": args.model_mirror}, "train": {"device": "cpu", "precision": "fp32"},
-        "eval": {"precision": precision, **({"max_users": args.users} if args.users else {})}}  # fmt: skip
+        "eval": {"precision": precision, **DECODERS[args.decoders],
+                 **({"max_users": args.users} if args.users else {})}}  # fmt: skip
     for key, values in (SMOKE if args.smoke else {}).items():
         overrides[key] = {**overrides.get(key, {}), **values}
     return settings_for("demo" if args.smoke else args.preset, overrides)
@@ -94,6 +99,8 @@ def main() -> None:
     parser.add_argument("--preset", default="mini", choices=["mini", "demo"], help="the trained model (reduced T5)")
     parser.add_argument("--users", type=int, help="test users evaluated (default: the preset's eval.max_users)")
     parser.add_argument("--rounds", type=int, default=2, help="evaluations per precision, the order alternating")
+    parser.add_argument("--decoders", choices=list(DECODERS), default="default",
+                        help="the settings' decoders (default), or with the paper's beside them (paper)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "elmrec-eval-precision")
     parser.add_argument("--smoke", action="store_true", help="demo preset, 100 users, 1 epoch: the script works")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -137,6 +144,7 @@ def main() -> None:
           f"bf16 {mean['fp32'] / mean['bf16']:.2f}x as fast; load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"preset": "demo (smoke)" if args.smoke else args.preset,
+                                         "decoders": args.decoders,
                                          "train_seconds": train_s, "seconds": seconds, "metrics": metrics,
                                          "comparison": rows, "agreement": agree,
                                          "speed_ratio": mean["fp32"] / mean["bf16"]}, indent=1) + "\n")

@@ -315,6 +315,16 @@ def test_eval_precision_smoke_ranks_one_checkpoint_in_both_precisions(tmp_path: 
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["train_seconds"] is None  # the finished training of the work dir is reused
     assert again["metrics"] == first["metrics"]  # same checkpoint, same users: the same figures
+    run_script("eval_precision.py", *args, "--rounds", "1", "--decoders", "paper", "--json",
+               str(tmp_path / "paper.json"))
+    paper = json.loads((tmp_path / "paper.json").read_text())
+    assert paper["decoders"] == "paper" and paper["train_seconds"] is None
+    assert list(paper["agreement"]) == ["sequential_constrained", "sequential_rerank", "direct_score", "direct_beam"]
+    default = {"direct": "score", "sequential": "constrained"}
+    for precision in ("fp32", "bf16"):  # the default decoders beside the paper's rank as they did alone
+        alone = {task: {default[task]: by_decoder[default[task]]}
+                 for task, by_decoder in paper["metrics"][precision].items()}
+        assert alone == first["metrics"][precision]
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run HERE (with network), before a device run of benchmarks/gpu_check.sh. The lent GPU machine has torch,
-# transformers, numpy, scipy, pyarrow, safetensors, sentencepiece, tqdm and huggingface_hub, but no network and
+# transformers, numpy, scipy, pyarrow, safetensors, sentencepiece, protobuf, tqdm and huggingface_hub, but no network and
 # no polars or pydantic. This fills .gpu-bundle/ (ignored by git, so it travels only when `carry` names it):
 #   wheels/     polars, pydantic and their own needs, at the versions of this checkout's .venv, for the
 #               device's CPython 3.12 on x86-64 (about 51 MiB of the 64 MiB a device call may carry)

@@ -40,4 +40,13 @@ install -m 644 "$SHARED"/t5-small/* "$BUNDLE/t5-small/"
 
 ls "$BUNDLE/wheels"
 du -sh "$BUNDLE"
+# a device call carries the working tree and the bundle, 64 MiB in all: say so here rather than at the lease
+bundle_bytes=$(du -sb "$BUNDLE" | cut -f1)
+tree_bytes=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | tail -n 1 | cut -f1)
+total_mib=$(( (bundle_bytes + tree_bytes) / 1048576 ))
+echo "bundle + working tree: ${total_mib} MiB of the 64 MiB a device call carries"
+if [ "$total_mib" -ge 64 ]; then
+    echo "too large for one device call: drop a package from PACKAGES or files from the tree" >&2
+    exit 1
+fi
 echo "device run: command 'bash benchmarks/gpu_check.sh', carry ['$BUNDLE'], timeout_s 600"

@@ -4,11 +4,13 @@
 # imports, at the image's versions where this machine's Python can take them (KINDS.md of the device tool, read
 # 2026-11: transformers 5.17.0, huggingface_hub 1.33.0, safetensors 0.8.0, sentencepiece 0.2.2, tokenizers 0.23.2;
 # protobuf, which transformers needs to read t5's spiece.model; torch 2.13.0, this machine's CPU build, for the
-# image's 2.11.0+cu130), no polars, pydantic, prefect or mlflow; fills a bundle for this Python with
+# image's 2.11.0+cu130, or TORCH=torch==2.11.0: PyPI's CUDA build, ~3 GB, which runs on the CPU too), no polars,
+# pydantic, prefect or mlflow; fills a bundle for this Python with
 # gpu_wheels.sh; then runs gpu_check.sh --smoke on it, which installs the bundle's wheels offline as on the device.
 # Every section must end ok; the JSON and log land in $OUT (default /tmp/elmrec-gpu-rehearsal).
 #
 #   bash benchmarks/gpu_rehearse.sh [SHARED]    # about 3 minutes the first time (the venv), 1-2 minutes after
+#   TORCH=torch==2.11.0 REHEARSAL=/tmp/elmrec-gpu-rehearsal-211 bash benchmarks/gpu_rehearse.sh   # the image's torch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared}
@@ -16,13 +18,14 @@ REHEARSAL=${REHEARSAL:-/tmp/elmrec-gpu-rehearsal}
 OUT=${OUT:-$REHEARSAL}
 PYTHON=${BASE_PYTHON:-python3}
 VENV="$REHEARSAL/venv"
+TORCH=${TORCH:-torch==2.13.0}  # the CPU build this machine keeps on disk (an unpinned torch is CUDA's)
 PINNED=(transformers==5.17.0 huggingface_hub==1.33.0 safetensors==0.8.0 sentencepiece==0.2.2 tokenizers==0.23.2)
 OTHERS=(numpy scipy pyarrow protobuf tqdm psutil pyyaml)
 
 mkdir -p "$REHEARSAL" "$OUT"
 if [ ! -x "$VENV/bin/python3" ]; then
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install -q torch==2.13.0   # the CPU build this machine keeps on disk (an unpinned torch is CUDA's)
+    "$VENV/bin/pip" install -q "$TORCH"
     "$VENV/bin/pip" install -q "${PINNED[@]}" "${OTHERS[@]}"
 fi
 # as bare as the device: its image has neither (here typer, which huggingface_hub's CLI needs, pulls pydantic in)

@@ -15,7 +15,9 @@ Random weights do not change the cost of a forward pass; they do change how many
 the beam figures are indicative. With `--precisions fp32,bf16` each mode runs in each `eval.precision` in turn
 (both passes of one, then both of the other, the order alternating from mode to mode) and prints bf16's speed-up
 and how alike the two precisions' top-10 lists are (on random weights; benchmarks/eval_precision.py compares them
-on a trained model).
+on a trained model). On a CPU the modes rank on the heap an evaluation uses (`elmrec.memory.releases_for`: freed
+memory kept for the next batch, its pages given back every 20 batches; `--malloc system`: glibc's default, which
+this script ran on until 2026-12-04).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from elmrec.decode import DecodeInputs, rank_direct, rank_sequential
 from elmrec.device import Device
 from elmrec.evaluate import EvalData, decode_inputs
 from elmrec.graph import build_graph, load_adjacency
+from elmrec.memory import releases_for
 from elmrec.model import ELMRec
 from elmrec.paths import WorkPaths
 from elmrec.pretrained import load_t5, load_tokenizer
@@ -62,15 +65,16 @@ def prepare(settings: Settings) -> WorkPaths:
 
 
 def run_mode(model: ELMRec, inputs: DecodeInputs, trie: ItemTrie, task: str, mode: str, eval_settings: EvalSettings,
-             n_users: int, precision: str = "fp32") -> tuple[float, dict[str, Any]]:
+             n_users: int, precision: str = "fp32", release_every: int = 0) -> tuple[float, dict[str, Any]]:
     """(seconds, {decoder: ranking}) of the first n_users users ranked with one decoder, or several side by side
-    on one encoder pass per batch (`score+beam`), in `precision` (eval.precision) (CUDA synchronised)."""
+    on one encoder pass per batch (`score+beam`), in `precision` (eval.precision) (CUDA synchronised), the heap's
+    free pages given back every `release_every` batches as evaluation does (0: never)."""
     limited = eval_settings.model_copy(update={"max_users": n_users, "precision": precision})
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
     rank = rank_direct if task == "direct" else rank_sequential
-    results = rank(model, inputs, trie, limited, decoders=mode.split("+"), progress=False)
+    results = rank(model, inputs, trie, limited, decoders=mode.split("+"), progress=False, release_every=release_every)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start, results
@@ -91,6 +95,8 @@ def main() -> None:
                         "loaded CPU one thread avoids stalls of threads waiting for a descheduled sibling")
     parser.add_argument("--precisions", default="fp32", help="comma-separated eval.precision values, each mode "
                         "timed in each, in turns (fp32,bf16: bf16's speed-up and top-10 agreement)")
+    parser.add_argument("--malloc", choices=["reuse", "system"], default="reuse",
+                        help="the CPU heap (train.malloc): reuse, as an evaluation does (default), or glibc's")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -104,11 +110,12 @@ def main() -> None:
             "workdir": str(work), "data": {"mirror": str(Path(args.mirror).resolve())},
             "model": {"model_name": "t5-small", "model_mirror": str(Path(args.model_mirror).resolve()),
                       "allow_random_init": True},  # throughput only: random weights cost the same
-            "eval": {"batch_size": args.batch_size}})  # fmt: skip
+            "train": {"malloc": args.malloc}, "eval": {"batch_size": args.batch_size}})  # fmt: skip
         start = time.perf_counter()
         paths = prepare(settings)
         data = EvalData.load(paths.data, "test", args.users)
         device = Device.resolve(args.device).device
+        release_every = releases_for(settings.train.malloc, device.type)  # before the model: as evaluate_model
         t5, _ = load_t5(settings.model)  # no weights in the mirror: random init (warned), same cost
         model = ELMRec(t5, settings.model, data.n_users, data.n_items, load_adjacency(paths.graph),
                        [Task.SEQUENTIAL, Task.DIRECT]).to(device).eval()
@@ -123,8 +130,11 @@ def main() -> None:
         }
         threads = torch.get_num_threads()
         shape = settings.model.model_name + (" (reduced)" if settings.model.reduced else "")
+        heap = "not on the heap" if device.type != "cpu" else (
+            f"reused heap, released every {release_every} batches" if release_every else "glibc's default heap")
         print(f"beauty: {data.n_users} users, {data.n_items} items; setup {time.perf_counter() - start:.1f} s; "
-              f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{threads} threads'}); "
+              f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{threads} threads'}, "
+              f"{heap}); "
               f"{shape} {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
               f"direct prompt {int(inputs['direct'].attention_mask.sum(1).float().mean())} tokens, "
               f"sequential {int(inputs['sequential'].attention_mask.sum(1).float().mean())}", flush=True)
@@ -135,9 +145,10 @@ def main() -> None:
             results = {}
             for precision in precisions if i % 2 == 0 else precisions[::-1]:
                 label = name if precisions == ["fp32"] else f"{name} {precision}"
-                first, _ = run_mode(model, inputs[task], trie, task, mode, settings.eval, args.users, precision)
+                first, _ = run_mode(model, inputs[task], trie, task, mode, settings.eval, args.users, precision,
+                                    release_every)
                 seconds, results[precision] = run_mode(model, inputs[task], trie, task, mode, settings.eval,
-                                                       args.users, precision)
+                                                       args.users, precision, release_every)
                 figures[label], cold[label] = args.users / seconds, args.users / first
                 print(f"{label:<29} {args.users:4d} users {seconds:8.2f} s  {figures[label]:8.2f} users/s   "
                       f"(first pass {first:7.2f} s, {cold[label]:6.2f} users/s)", flush=True)
@@ -153,7 +164,8 @@ def main() -> None:
             ratio = figures["direct/score"] / figures["direct/beam"]
             print(f"direct score / beam throughput: {ratio:.2f}x (goal >= 3x)")
         if args.json:
-            args.json.write_text(json.dumps({"device": str(device), "users": args.users, "batch_size": args.batch_size,
+            args.json.write_text(json.dumps({"device": str(device), "heap": heap, "users": args.users,
+                                             "batch_size": args.batch_size,
                                              "users_per_s": figures, "first_pass_users_per_s": cold,
                                              "agreement": agree}, indent=2) + "\n")
     finally:

@@ -268,14 +268,16 @@ def test_eval_throughput_reports_every_mode(tmp_path: Path, real_mirror: Path) -
                "--json", str(tmp_path / "figures.json"))
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert figures["device"] == "cpu" and figures["users"] == 3
+    assert figures["heap"] == f"reused heap, released every {RELEASE_EVERY} batches"  # as an evaluation ranks
     modes = ["direct/score", "direct/beam", "sequential/constrained", "sequential/rerank"]
     assert sorted(figures["users_per_s"]) == sorted(modes) and all(v > 0 for v in figures["users_per_s"].values())
     assert figures["agreement"] == {}  # one precision: nothing to compare
     out = run_script("eval_throughput.py", "--preset", "demo", "--mirror", str(real_mirror), "--model-mirror",
                      str(T5_SMALL.parent), "--users", "3", "--batch-size", "2", "--device", "cpu",
                      "--modes", "direct/score,sequential/constrained", "--precisions", "fp32,bf16",
-                     "--json", str(tmp_path / "both.json"))
+                     "--malloc", "system", "--json", str(tmp_path / "both.json"))
     both = json.loads((tmp_path / "both.json").read_text())
+    assert both["heap"] == "glibc's default heap"
     assert list(both["users_per_s"]) == ["direct/score fp32", "direct/score bf16",  # the order alternates
                                          "sequential/constrained bf16", "sequential/constrained fp32"]
     assert list(both["agreement"]) == ["direct/score", "sequential/constrained"]

@@ -29,9 +29,9 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import numpy as np
 import polars as pl
@@ -162,6 +162,14 @@ class Recommender:
 
     ranker: Ranker
     catalogue: Catalogue
+
+    def in_precision(self, precision: EvalPrecision) -> Recommender:
+        """This recommender with ELMRec's search in `precision` (eval.precision); SASRec and LightGCN rank in fp32
+        either way. ValueError naming the choices for any other value."""
+        if precision not in get_args(EvalPrecision):
+            raise ValueError(f"precision must be one of {', '.join(get_args(EvalPrecision))}, got {precision!r}")
+        return replace(self, ranker=replace(self.ranker, precision=precision)) \
+            if isinstance(self.ranker, ELMRecRanker) else self
 
     def recommend(self, users: Sequence[User], k: int = 10) -> pl.DataFrame:
         """RECOMMENDATIONS rows: per user (in the order given, each once), its top k items outside its whole

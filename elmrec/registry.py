@@ -35,7 +35,7 @@ from packaging.requirements import Requirement
 
 import elmrec
 from elmrec import recommend, tracking
-from elmrec.config import Settings
+from elmrec.config import EvalSettings, Settings
 from elmrec.paths import WorkPaths
 from elmrec.shapes import digest
 
@@ -44,21 +44,24 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # the logged model's name in its run: runs:/<run id>/model
 BUNDLE = "bundle"  # the model's one artifact
 DEFAULT_K = 10
+DEFAULT_PRECISION = EvalSettings().precision  # ELMRec's search: eval.precision's default
 DIGEST_TAG = "elmrec.model_digest"  # on a model version: what it was made from
 REGISTERED_TAG = "elmrec.registered_model"  # on a model's run: the URI of its registered version
 NOT_SERVING = {"prefect", "prefect-dask", "matplotlib"}  # elmrec's requirements the model does not need
 
 
 class RecommenderModel(mlflow.pyfunc.PythonModel):
-    """`predict(users, params={"k": 10})`: a DataFrame (user, rank, item, score), k rows per user, history
-    excluded. Users: a DataFrame with a `user` column (or one column), or a list; reviewer IDs or user numbers."""
+    """`predict(users, params={"k": 10, "precision": "fp32"})`: a DataFrame (user, rank, item, score), k rows per
+    user, history excluded; ELMRec searches in `precision` (fp32 | bf16, as eval.precision). Users: a DataFrame with
+    a `user` column (or one column), or a list; reviewer IDs or user numbers."""
 
     def load_context(self, context: Any) -> None:
         self.recommender = recommend.load(recommend.ModelFiles.read(Path(context.artifacts[BUNDLE])))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         k = int((params or {}).get("k", DEFAULT_K))
-        return self.recommender.recommend(users_of(model_input), k).to_pandas()
+        recommender = self.recommender.in_precision(str((params or {}).get("precision", DEFAULT_PRECISION)))
+        return recommender.recommend(users_of(model_input), k).to_pandas()
 
 
 def users_of(model_input: Any) -> list[str | int]:
@@ -87,11 +90,12 @@ def _plain(value: Any) -> str | int:
 
 
 def signature() -> ModelSignature:
-    """Users in (any one column), the recommendation table out, `k` as a parameter."""
+    """Users in (any one column), the recommendation table out, `k` and `precision` as parameters."""
     outputs = Schema([ColSpec("string", "user"), ColSpec("integer", "rank"), ColSpec("string", "item"),
                       ColSpec("double", "score")])
     return ModelSignature(inputs=Schema([ColSpec(AnyType())]), outputs=outputs,
-                          params=ParamSchema([ParamSpec("k", "long", DEFAULT_K)]))
+                          params=ParamSchema([ParamSpec("k", "long", DEFAULT_K),
+                                              ParamSpec("precision", "string", DEFAULT_PRECISION)]))
 
 
 def requirements() -> list[str]:
@@ -166,11 +170,16 @@ def registered_version(name: str, made_from: str) -> ModelVersion | None:
 
 def recommend_from(settings: Settings, model_uri: str, users: list[str | int], k: int = DEFAULT_K) -> pl.DataFrame:
     """recommend.RECOMMENDATIONS of the logged model at `model_uri` (`models:/elmrec-beauty/3`,
-    `runs:/<run id>/model`) in the MLflow store of `settings`; ValueError naming the URI when it holds no model."""
+    `runs:/<run id>/model`) in the MLflow store of `settings`, ELMRec searching in eval.precision (a model logged
+    before the parameter existed ignores it, warned, and ranks in fp32); ValueError naming the URI when it holds no
+    model."""
     tracking.configure(settings)
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as error:
         raise ValueError(f"no elmrec model at {model_uri}: {str(error).splitlines()[0]}") from error
-    return pl.from_pandas(model.predict(pd.DataFrame({"user": users}), params={"k": k}),
+    params: dict[str, Any] = {"k": k}
+    if settings.eval.precision != DEFAULT_PRECISION:
+        params["precision"] = settings.eval.precision
+    return pl.from_pandas(model.predict(pd.DataFrame({"user": users}), params=params),
                           schema_overrides=recommend.RECOMMENDATIONS)

@@ -115,6 +115,7 @@ def test_elmrec_searches_in_eval_precision(tiny_run: Settings, recommender: Reco
         chosen = from_run(tiny_run.model_copy(update={"eval": tiny_run.eval.model_copy(
             update={"precision": precision})}))
         assert chosen.ranker.precision == precision
+        assert recommender.in_precision(precision).ranker.precision == precision  # a copy: the original stays fp32
         chosen.ranker.model.t5.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
         table = chosen.recommend(users, k=4)
         check_rankings(table, users, 4)
@@ -125,6 +126,9 @@ def test_elmrec_searches_in_eval_precision(tiny_run: Settings, recommender: Reco
         else:  # each rank's score within bf16's rounding of fp32's (a swap of near-tied items moves neither)
             fp32 = recommender.recommend(users, k=4)
             np.testing.assert_allclose(table["score"].to_numpy(), fp32["score"].to_numpy(), rtol=0.05, atol=0.1)
+    assert recommender.ranker.precision == "fp32"
+    with pytest.raises(ValueError, match=r"^precision must be one of fp32, bf16, got 'auto'$"):
+        recommender.in_precision("auto")
 
 
 @pytest.mark.parametrize("kind", ["sasrec", "lightgcn"])
@@ -146,6 +150,7 @@ def test_classic_models_rank_every_item_with_the_history_masked(kind: str,
         top = [i for i in np.argsort(-row, kind="stable") if np.isfinite(row[i])][:5]  # U3: 4 new items only
         assert rows["item"].to_list() == [f"A{i}" for i in top]
         np.testing.assert_allclose(rows["score"].to_numpy(), row[top], rtol=1e-6)
+    assert recommender.in_precision("bf16") is recommender  # they rank in fp32 either way
 
 
 def test_the_table_prints_one_block_per_user() -> None:

@@ -16,8 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from mlflow.entities.model_registry import ModelVersion
 
@@ -55,6 +57,26 @@ def test_the_registered_model_predicts_what_the_library_recommends(store: Settin
     pd.testing.assert_frame_equal(model.predict(pd.DataFrame({"user": ["U1", "U3"]}), params={"k": 3}), expected)
     default_k = model.predict(["U2", 4])  # a list; reviewer ID or user number; k = 10
     assert list(default_k["user"].unique()) == ["U2", "U4"] and len(default_k) == (10 - 4) + (10 - 3)
+
+
+def test_elmrec_searches_in_the_precision_asked_for_and_a_bad_one_is_named(store: Settings, logged) -> None:
+    model = mlflow.pyfunc.load_model(URI)
+    lm_head = model.unwrap_python_model().recommender.ranker.model.t5.lm_head
+    seen: list[torch.dtype] = []
+    lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    users = pd.DataFrame({"user": ["U1", "U2"]})
+    fp32 = model.predict(users, params={"k": 3})
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = model.predict(users, params={"k": 3, "precision": "bf16"})
+    assert set(seen) == {torch.bfloat16}  # every pass of the search under bf16 autocast
+    assert list(bf16["user"]) == list(fp32["user"]) and len(bf16) == 6  # the same users, k items each
+    np.testing.assert_allclose(bf16["score"], fp32["score"], rtol=0.05, atol=0.1)  # rank by rank, bf16's rounding
+    bf16_store = store.model_copy(update={"eval": store.eval.model_copy(update={"precision": "bf16"})})
+    by_settings = registry.recommend_from(bf16_store, URI, ["U1", "U2"], k=3).to_pandas()
+    pd.testing.assert_frame_equal(by_settings, bf16, check_dtype=False)  # `elmrec recommend --model`'s path
+    with pytest.raises(ValueError, match=r"^precision must be one of fp32, bf16, got 'fp16'$"):
+        model.predict(users, params={"precision": "fp16"})
 
 
 def test_its_history_items_are_never_recommended_and_an_unknown_user_is_named(logged) -> None:

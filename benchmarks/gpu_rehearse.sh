@@ -4,7 +4,7 @@
 # imports, at the image's versions where this machine's Python can take them (KINDS.md of the device tool, read
 # 2026-11: transformers 5.17.0, huggingface_hub 1.33.0, safetensors 0.8.0, sentencepiece 0.2.2, tokenizers 0.23.2;
 # protobuf, which transformers needs to read t5's spiece.model; torch 2.13.0, this machine's CPU build, for the
-# image's 2.11.0+cu130, or TORCH=torch==2.11.0: PyPI's CUDA build, ~3 GB, which runs on the CPU too), no polars,
+# image's 2.11.0+cu130, or TORCH=torch==2.11.0: PyPI's CUDA build, ~3 GB to fetch and 5 GB installed, which runs on the CPU too), no polars,
 # pydantic, prefect or mlflow; fills a bundle for this Python with
 # gpu_wheels.sh; then runs gpu_check.sh --smoke on it, which installs the bundle's wheels offline as on the device.
 # Every section must end ok; the JSON and log land in $OUT (default /tmp/elmrec-gpu-rehearsal).

@@ -256,9 +256,9 @@ class ModelFiles:
         return ModelFiles.read(target)
 
 
-def load(files: ModelFiles, device: str = "auto", precision: EvalPrecision = "fp32") -> Recommender:
-    """The recommender of `files`, in eval mode on `device` (auto: CUDA when available); ELMRec searches in
-    `precision` (bf16: under autocast, as an evaluation with eval.precision=bf16; SASRec and LightGCN: fp32)."""
+def load(files: ModelFiles, device: str = "auto") -> Recommender:
+    """The recommender of `files`, in eval mode on `device` (auto: CUDA when available), ranking in fp32
+    (`Recommender.in_precision` for bf16)."""
     chosen = Device.resolve(device, "fp32")
     adjacency = sp.csr_matrix(sp.load_npz(files.adjacency)) if files.adjacency is not None else None
     catalogue = Catalogue.load(files.data)
@@ -269,7 +269,7 @@ def load(files: ModelFiles, device: str = "auto", precision: EvalPrecision = "fp
                              "not the sequential task that ranks the whole catalogue")
         tokenizer = load_tokenizer(ModelSettings(model_name=files.tokenizer))
         ranker: Ranker = ELMRecRanker(model, tokenizer, ItemTrie.from_tokenizer(tokenizer, model.n_items),
-                                      files.max_history, files.beams, precision)
+                                      files.max_history, files.beams)
     else:
         model = _classic(files, adjacency).to(chosen.device).eval()
         ranker = ClassicRanker(model, chosen)
@@ -281,7 +281,8 @@ def load(files: ModelFiles, device: str = "auto", precision: EvalPrecision = "fp
 def from_run(settings: Settings, paths: WorkPaths | None = None, allow_unfinished: bool = False) -> Recommender:
     """The recommender of the finished run of `settings` in its work dir, on train.device, ranking in
     eval.precision."""
-    return load(ModelFiles.of_run(settings, paths, allow_unfinished), settings.train.device, settings.eval.precision)
+    files = ModelFiles.of_run(settings, paths, allow_unfinished)
+    return load(files, settings.train.device).in_precision(settings.eval.precision)
 
 
 def _classic(files: ModelFiles, adjacency: sp.csr_matrix | None) -> SASRec | LightGCN:
